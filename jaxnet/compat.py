@@ -1,0 +1,67 @@
+"""``TwoLayerNet``: the notebook's stateful API as a thin wrapper over the pure functions.
+
+    np.random.seed(0)
+    net = TwoLayerNet(4, 10, 3, std=1e-1)        # the notebook's toy weights
+    loss, grads = net.loss(X, y, reg=0.05)       # autodiff, float64 for float64 inputs
+    stats = net.train(X, y, X_val, y_val, ...)   # the notebook's SGD loop, compiled
+
+``params`` holds numpy arrays, as in the notebook; every call validates its
+inputs and runs the compiled JAX code in the inputs' precision.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from . import model
+from .validate import check_batch
+
+_scores = jax.jit(model.scores)
+_predict = jax.jit(model.predict)
+
+
+def _precision(*arrays):
+    """float64 when any input is float64 (computed inside jax.enable_x64), else float32."""
+    dtype = np.result_type(*arrays)
+    return np.float64 if dtype == np.float64 else np.float32
+
+
+class TwoLayerNet:
+    """A two-layer fully connected net: affine - ReLU - affine - softmax.
+
+    params: W1 (D, H), b1 (H,), W2 (H, C), b2 (C,), numpy arrays.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, std: float = 1e-4):
+        # Drawn from numpy's global RNG in the notebook's order (W1, then W2), so
+        # np.random.seed(0) reproduces the notebook's weights exactly.
+        self.params = {
+            "W1": std * np.random.randn(input_size, hidden_size),
+            "b1": np.zeros(hidden_size),
+            "W2": std * np.random.randn(hidden_size, output_size),
+            "b2": np.zeros(output_size),
+        }
+
+    def _run(self, fn, X, *args):
+        """Call a compiled function on (params, X, *args) in the inputs' precision."""
+        dtype = _precision(X, *self.params.values())
+        params = {k: np.asarray(v, dtype) for k, v in self.params.items()}
+        with jax.enable_x64(dtype == np.float64):
+            return jax.tree.map(np.asarray, fn(params, np.asarray(X, dtype), *args))
+
+    def loss(self, X, y=None, reg: float = 0.0):
+        """Scores (N, C) when ``y`` is None, else ``(loss, grads)`` as numpy values.
+
+        X: (N, D); y: (N,) ints in [0, C); grads shaped like ``params``.
+        """
+        X, y, reg = check_batch(self.params, X, y, reg)
+        if y is None:
+            return self._run(_scores, X)
+        loss, grads = self._run(model.loss_and_grad, X, y, reg)
+        return float(loss), grads
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class indices. X: (N, D) -> (N,)."""
+        X, _, _ = check_batch(self.params, X)
+        return self._run(_predict, X)
+

@@ -1,0 +1,40 @@
+"""Shared fixtures: small real CIFAR-10 folders built with the shared script."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("JAXNET_SHARED_DATA", REPO.parent / "shared" / "data"))
+MAKE_CIFAR10 = SHARED_DATA / "make_cifar10.py"
+# The full 50,000-image build, made once (about 10-25 s) and reused across runs.
+FULL_CIFAR10 = Path(os.environ.get(
+    "JAXNET_FULL_CIFAR10", Path.home() / ".cache" / "jaxnet" / "cifar10-full"))
+
+
+def make_cifar10(out: Path, per_class: int, tar: Path | None = None) -> str:
+    """Write a real Python-2-pickle fixture into ``out``; return the script's stdout."""
+    if not MAKE_CIFAR10.exists():
+        pytest.skip(f"{MAKE_CIFAR10} not found (set JAXNET_SHARED_DATA)")
+    cmd = [sys.executable, str(MAKE_CIFAR10), "--out", str(out), "--per-class", str(per_class)]
+    if tar is not None:
+        cmd += ["--tar", str(tar)]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="session")
+def cifar_fixture(tmp_path_factory) -> Path:
+    """A folder holding ``cifar-10-batches-py`` with 20 images per class and split."""
+    root = tmp_path_factory.mktemp("cifar20")
+    make_cifar10(root, per_class=20)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_full() -> Path:
+    """A folder holding the full ``cifar-10-batches-py`` (built into a cache once)."""
+    if not (FULL_CIFAR10 / "cifar-10-batches-py" / "test_batch").exists():
+        make_cifar10(FULL_CIFAR10, per_class=0)
+    return FULL_CIFAR10
