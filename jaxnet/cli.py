@@ -48,3 +48,95 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+# Help text of each TrainConfig field, shared by train.py (one value) and sweep.py (lists).
+CONFIG_HELP = {
+    "hidden_size": "hidden units H",
+    "num_iters": "training iterations (minibatch steps)",
+    "batch_size": "minibatch size (drawn with replacement)",
+    "learning_rate": "initial learning rate",
+    "learning_rate_decay": "multiply the learning rate by this once per epoch (schedule step)",
+    "reg": "L2 strength: loss += reg * (sum(W1**2) + sum(W2**2))",
+    "std": "initial weights are std * N(0, 1)",
+    "optimizer": "sgd, momentum, nesterov, adam or adamw",
+    "momentum": "momentum of momentum/nesterov, b1 of adam/adamw",
+    "weight_decay": "decoupled weight decay of adamw",
+    "schedule": "step (the notebook's per-epoch decay) or cosine (to 0 over the run)",
+    "warmup_iters": "linear warmup iterations before the cosine decay",
+    "dropout": "probability of dropping a hidden unit in training (0 = off)",
+    "flip": "random horizontal flips of training images (1 = on)",
+    "translate": "random shifts of training images by up to this many pixels",
+    "seed": "seed of the initial weights, the minibatches, dropout and augmentation",
+    "dtype": "float32 or float64",
+}
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a TrainConfig field: hidden_size -> --hidden-size."""
+    return "--" + field.replace("_", "-")
+
+
+def parse_bool(text: str) -> bool:
+    """argparse type for on/off flags: 1/0, true/false, yes/no, on/off."""
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off; got {text!r}")
+
+
+def field_type(default) -> Callable[[str], object]:
+    """The argparse type that parses one value of a field with this default."""
+    if isinstance(default, bool):
+        return parse_bool
+    return type(default)
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data-dir / --data / split sizes / --eval-test / --device / --out."""
+    group = parser.add_argument_group("data and output")
+    group.add_argument("--data-dir", help="folder holding cifar-10-batches-py (or that folder); "
+                       "downloaded there if missing (default: $JAXNET_DATA_DIR or data/)")
+    group.add_argument("--data", help="an .npz with X_train, y_train, X_val, y_val "
+                       "[, X_test, y_test] (rows of features) instead of CIFAR-10")
+    group.add_argument("--num-training", type=positive_int, default=49000,
+                       help="CIFAR-10 training images (validation: the next --num-validation)")
+    group.add_argument("--num-validation", type=positive_int, default=1000)
+    group.add_argument("--num-test", type=positive_int, default=1000,
+                       help="test images evaluated with --eval-test")
+    group.add_argument("--eval-test", action="store_true",
+                       help="evaluate the chosen params on the test split")
+    group.add_argument("--device", choices=["cpu", "gpu"], default=None,
+                       help="where to train (default: JAX's default device)")
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place: ``label [#####     ]  45.0% suffix``.
+
+    Drawn only when stderr is a terminal, so logs and pipes stay clean.
+    """
+
+    def __init__(self, label: str = "", stream=sys.stderr, width: int = 30):
+        self.label, self.stream, self.width = label, stream, width
+        self.enabled = stream.isatty()
+        self.drawn = False
+
+    def update(self, done: int, total: int | None, suffix: str = "") -> None:
+        if not self.enabled:
+            return
+        if total:
+            filled = self.width * done // total
+            bar = f"[{'#' * filled:<{self.width}}] {100 * done / total:5.1f}%"
+        else:
+            bar = ""
+        self.stream.write(f"\r{self.label} {bar} {suffix}".rstrip() + "\033[K")
+        self.stream.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        """End the bar's line so that what follows starts on a line of its own."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.drawn = False

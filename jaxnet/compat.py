@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from . import model
+from . import model, solver
 from .validate import check_batch
 
 _scores = jax.jit(model.scores)
@@ -59,6 +59,27 @@ class TwoLayerNet:
             return self._run(_scores, X)
         loss, grads = self._run(model.loss_and_grad, X, y, reg)
         return float(loss), grads
+
+    def train(self, X, y, X_val, y_val, learning_rate: float = 1e-3,
+              learning_rate_decay: float = 0.95, reg: float = 5e-6, num_iters: int = 100,
+              batch_size: int = 200, verbose: bool = False) -> dict:
+        """The notebook's SGD loop, compiled; updates ``params`` and returns its histories.
+
+        X: (N, D), y: (N,); X_val: (M, D), y_val: (M,). Minibatches are drawn
+        from numpy's global RNG in the notebook's order, so with float64 inputs
+        a seeded run replays the numpy reference loop. Returns ``loss_history``
+        (per iteration), ``train_acc_history`` and ``val_acc_history`` (per epoch).
+        """
+        dtype = _precision(X, X_val, *self.params.values())
+        config = solver.TrainConfig(
+            hidden_size=self.params["W1"].shape[1], num_iters=num_iters, batch_size=batch_size,
+            learning_rate=learning_rate, learning_rate_decay=learning_rate_decay, reg=reg,
+            dtype=np.dtype(dtype).name).validate()
+        batches = solver.sample_batches(len(X), batch_size, num_iters)
+        result = solver.train(X, y, X_val, y_val, config, params=self.params, batches=batches,
+                              progress=solver.notebook_printer() if verbose else None)
+        self.params = result.params
+        return result.history
 
     def predict(self, X) -> np.ndarray:
         """Predicted class indices. X: (N, D) -> (N,)."""

@@ -1,0 +1,51 @@
+"""Data augmentation for 32x32x3 images stored as rows, as pure JAX functions.
+
+Rows are images in the notebook's layout: ``X.reshape(N, 32, 32, 3)`` gives
+(N, height, width, channel). Every function takes a PRNG key, so the draws
+come from the run's seed and a run is reproducible.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def flip_horizontal(images: jax.Array) -> jax.Array:
+    """Mirror images left-right. images: (N, H, W, C) -> (N, H, W, C)."""
+    return images[:, :, ::-1, :]
+
+
+def translate(images: jax.Array, shifts: jax.Array) -> jax.Array:
+    """Shift each image by whole pixels, filling the uncovered border with zeros.
+
+    images: (N, H, W, C); shifts: (N, 2) ints (dy, dx): pixel (i, j) moves to
+    (i + dy, j + dx). Equivalent to zero-padding and cropping a window.
+    """
+    N, H, W, _ = images.shape
+    pad = H  # more than any shift, so the crop always lands in the padded image
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+    def crop(image, shift):
+        return jax.lax.dynamic_slice(image, (pad - shift[0], pad - shift[1], 0),
+                                     image.shape[:0] + (H, W, image.shape[-1]))
+    return jax.vmap(crop)(padded, shifts)
+
+
+def augment_rows(key: jax.Array, X: jax.Array, flip: bool, max_shift: int) -> jax.Array:
+    """Random flips (probability 1/2) and shifts in [-max_shift, max_shift], per row.
+
+    X: (N, 3072) rows of 32x32x3 images -> (N, 3072).
+    """
+    if not flip and max_shift == 0:
+        return X
+    images = X.reshape((X.shape[0],) + IMAGE_SHAPE)
+    flip_key, shift_key = jax.random.split(key)
+    if flip:
+        do_flip = jax.random.bernoulli(flip_key, 0.5, (X.shape[0],))
+        images = jnp.where(do_flip[:, None, None, None], flip_horizontal(images), images)
+    if max_shift:
+        shifts = jax.random.randint(shift_key, (X.shape[0], 2), -max_shift, max_shift + 1)
+        images = translate(images, shifts)
+    return images.reshape(X.shape)

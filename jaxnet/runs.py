@@ -1,0 +1,93 @@
+"""What a command-line run does around training: data, device, and the run folder.
+
+Shared by ``scripts/train.py`` and ``scripts/sweep.py``: turn flags into a
+dataset and a device, and write a run's results as files.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from . import data, model
+from .checkpoint import atomic_write, save_checkpoint
+from .plots import plot_history, plot_weights
+
+
+def select_device(name: str | None) -> jax.Device:
+    """The first device of platform ``name`` ("cpu"/"gpu"), or JAX's default device."""
+    if name is None:
+        return jax.devices()[0]
+    try:
+        return jax.devices(name)[0]
+    except RuntimeError:
+        available = ", ".join(sorted({d.platform for d in jax.devices()}))
+        raise ValueError(f"no {name} device is available to JAX here (available: {available}); "
+                         f"for a GPU install jax with CUDA support, e.g. "
+                         f"pip install -U 'jax[cuda12]'") from None
+
+
+def load_dataset(args, say=lambda message: print(message, file=sys.stderr)) -> dict:
+    """The dataset the flags name: ``--data`` (.npz) or CIFAR-10 from ``--data-dir``.
+
+    A missing CIFAR-10 folder is downloaded first (``say`` tells the user), so
+    the first run on a fresh machine works; offline, the download error says
+    how to get the data. Returns X_train, y_train, X_val, y_val and, when
+    present, X_test, y_test (rows of features).
+    """
+    if args.data:
+        return data.load_npz(args.data)
+    root = Path(args.data_dir) if args.data_dir else data.default_data_dir()
+    if not data.cifar10_present(root) and not (root / "data_batch_1").exists():
+        say(f"CIFAR-10 not found in {root}; downloading it (about 163 MB) ...")
+        try:
+            data.download_cifar10(root)
+        except data.DownloadError as exc:
+            raise ValueError(f"{exc}. Get the dataset with: {data.download_command(root)} "
+                             f"[--url MIRROR --md5 MD5], or point --data-dir at a folder "
+                             f"holding cifar-10-batches-py") from None
+    return data.get_CIFAR10_data(root, args.num_training, args.num_validation, args.num_test)
+
+
+def evaluate(params: dict, dataset: dict, eval_test: bool) -> dict:
+    """Accuracies of ``params`` on each split present: train_acc, val_acc[, test_acc]."""
+    splits = ["train", "val"] + (["test"] if eval_test else [])
+    metrics = {}
+    for split in splits:
+        if f"X_{split}" not in dataset:
+            raise ValueError(f"--eval-test needs a test split; the dataset has no X_{split}")
+        X, y = dataset[f"X_{split}"], dataset[f"y_{split}"]
+        predictions = np.concatenate([np.asarray(model.predict(params, X[i:i + 10000]))
+                                      for i in range(0, len(X), 10000)])
+        metrics[f"{split}_acc"] = float(np.mean(predictions == y))
+    return metrics
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode() + b"\n"))
+
+
+def write_run(out: Path, config: dict, params: dict, history: dict, metrics: dict,
+              extra: dict | None = None) -> dict:
+    """Write a run folder; returns the paths written, by name.
+
+    config.json, history.json, metrics.json, params.npz (a checkpoint with
+    config and history), loss_acc.png, and weights.png when the inputs are
+    32x32x3 images.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / name for name in
+             ("config.json", "history.json", "metrics.json", "params.npz", "loss_acc.png")}
+    write_json(paths["config.json"], config)
+    write_json(paths["history.json"], history)
+    write_json(paths["metrics.json"], metrics)
+    save_checkpoint(paths["params.npz"], params, config, history, extra)
+    plot_history(history, paths["loss_acc.png"])
+    if np.shape(params["W1"])[0] == 32 * 32 * 3:
+        paths["weights.png"] = plot_weights(params["W1"], out / "weights.png")
+    return paths

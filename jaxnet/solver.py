@@ -1,0 +1,366 @@
+"""The compiled training loop: optax updates over a minibatch schedule made on the host.
+
+A run is a ``TrainConfig`` plus data. The host draws the minibatch indices
+(iterations x batch_size) from the seed and computes the epoch boundaries
+(``schedule``); the device runs ``lax.scan`` over chunks of iterations, and
+between chunks the host collects the loss history and reports progress.
+
+The per-config part of the loop (``make_chunk_fn``) is written for one
+network; ``train`` compiles it as is, ``jaxnet.sweep`` compiles it under
+``vmap`` so that many configs share one compiled program.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import model
+from .augment import augment_rows
+from .validate import check_features, check_labels, check_params
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+SCHEDULES = ("step", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; defaults are the notebook's CIFAR-10 run.
+
+    ``schedule="step"`` is the notebook's: the learning rate is multiplied by
+    ``learning_rate_decay`` at iteration 0 and at every multiple of
+    ``iterations_per_epoch = max(N / batch_size, 1)``. ``"cosine"`` decays
+    from ``learning_rate`` to 0 over the run after ``warmup_iters`` of linear
+    warmup. ``momentum`` is the momentum of momentum/nesterov and Adam's b1.
+    """
+
+    hidden_size: int = 50
+    num_iters: int = 1000
+    batch_size: int = 200
+    learning_rate: float = 1e-4
+    learning_rate_decay: float = 0.95
+    reg: float = 0.25
+    std: float = 1e-4
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "step"
+    warmup_iters: int = 0
+    dropout: float = 0.0
+    flip: bool = False
+    translate: int = 0
+    seed: int = 0
+    dtype: str = "float32"
+
+    # Fields that change array shapes or the program's structure: configs that
+    # differ in these cannot share one compiled vmap program.
+    STRUCTURE = ("hidden_size", "num_iters", "batch_size", "optimizer", "schedule",
+                 "warmup_iters", "flip", "translate", "seed", "dtype")
+    # Continuous hyperparameters: traced values, so changing them never recompiles.
+    CONTINUOUS = ("learning_rate", "learning_rate_decay", "reg", "std", "momentum",
+                  "weight_decay", "dropout")
+
+    def structure(self) -> tuple:
+        """The values of the structural fields plus whether dropout is on."""
+        return tuple(getattr(self, f) for f in self.STRUCTURE) + (self.dropout > 0,)
+
+    def hyperparams(self) -> dict:
+        """The continuous hyperparameters as floats."""
+        return {f: float(getattr(self, f)) for f in self.CONTINUOUS}
+
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first setting that makes no sense."""
+        def need(ok, message):
+            if not ok:
+                raise ValueError(message)
+        for name in ("hidden_size", "num_iters", "batch_size"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, np.integer)) and value >= 1,
+                 f"{name} must be an integer >= 1; got {value!r}")
+        for name in ("learning_rate", "reg", "std", "weight_decay"):
+            value = getattr(self, name)
+            need(math.isfinite(value) and value >= 0, f"{name} must be finite and >= 0; got {value}")
+        need(0 < self.learning_rate_decay <= 1,
+             f"learning_rate_decay must be in (0, 1]; got {self.learning_rate_decay}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}")
+        need(0 <= self.dropout < 1, f"dropout must be in [0, 1); got {self.dropout}")
+        need(self.optimizer in OPTIMIZERS,
+             f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        need(self.schedule in SCHEDULES,
+             f"schedule must be one of {', '.join(SCHEDULES)}; got {self.schedule!r}")
+        need(0 <= self.warmup_iters < self.num_iters,
+             f"warmup_iters must be in [0, num_iters); got {self.warmup_iters}")
+        need(0 <= self.translate < 32, f"translate must be in [0, 31] pixels; got {self.translate}")
+        need(self.dtype in ("float32", "float64"),
+             f"dtype must be float32 or float64; got {self.dtype!r}")
+        return self
+
+
+class Schedule(NamedTuple):
+    """The host-made plan of a run, shared by every config of a sweep group.
+
+    batches: (T, B) minibatch indices; epoch_end: (T,) bool, where the notebook
+    records accuracies and decays the learning rate; decays_before: (T,) int,
+    how many decays happened before step t.
+    """
+
+    batches: np.ndarray
+    epoch_end: np.ndarray
+    decays_before: np.ndarray
+
+
+def sample_batches(num_train: int, batch_size: int, num_iters: int, rng=np.random) -> np.ndarray:
+    """Minibatch indices drawn with replacement, one ``rng.choice`` per iteration.
+
+    The draws are the notebook's (``np.random.choice(num_train, batch_size)``
+    each iteration), so numpy's global RNG replays a notebook run exactly.
+    Returns (num_iters, batch_size) int32.
+    """
+    return np.stack([rng.choice(num_train, batch_size) for _ in range(num_iters)]).astype(np.int32)
+
+
+def make_schedule(num_train: int, batch_size: int, num_iters: int,
+                  batches: np.ndarray | None = None, seed: int = 0) -> Schedule:
+    """The notebook's epoch timing for ``num_iters`` steps: ``it % iterations_per_epoch == 0``.
+
+    ``iterations_per_epoch = max(num_train / batch_size, 1)`` is a float, as in
+    the notebook, so batch sizes that do not divide N keep its timing. Batches
+    are drawn from ``np.random.RandomState(seed)`` unless given.
+    """
+    iterations_per_epoch = max(num_train / batch_size, 1)
+    epoch_end = np.array([it % iterations_per_epoch == 0 for it in range(num_iters)])
+    decays_before = np.concatenate([[0], np.cumsum(epoch_end)[:-1]]).astype(np.int32)
+    if batches is None:
+        batches = sample_batches(num_train, batch_size, num_iters, np.random.RandomState(seed))
+    return Schedule(np.asarray(batches, np.int32), epoch_end, decays_before)
+
+
+def learning_rate_at(config: TrainConfig, hp: dict, step, decays_before):
+    """Learning rate of step ``step`` (traced); ``hp`` holds the continuous hyperparameters."""
+    if config.schedule == "step":
+        return hp["learning_rate"] * hp["learning_rate_decay"] ** decays_before
+    warmup = config.warmup_iters
+    progress = jnp.clip((step - warmup) / max(config.num_iters - warmup, 1), 0.0, 1.0)
+    cosine = hp["learning_rate"] * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+    if warmup == 0:
+        return cosine
+    return jnp.where(step < warmup, hp["learning_rate"] * (step + 1) / warmup, cosine)
+
+
+def make_optimizer(config: TrainConfig, hp: dict, lr_fn: Callable) -> optax.GradientTransformation:
+    """The optax update for ``config.optimizer``; ``hp`` values may be traced arrays."""
+    if config.optimizer == "sgd":
+        return optax.sgd(lr_fn)
+    if config.optimizer in ("momentum", "nesterov"):
+        return optax.sgd(lr_fn, momentum=hp["momentum"], nesterov=config.optimizer == "nesterov")
+    if config.optimizer == "adam":
+        return optax.adam(lr_fn, b1=hp["momentum"])
+    return optax.adamw(lr_fn, b1=hp["momentum"], weight_decay=hp["weight_decay"])
+
+
+class State(NamedTuple):
+    """The carry of the training loop for one config."""
+
+    params: dict
+    opt_state: optax.OptState
+    best_params: dict
+    best_val_acc: jax.Array
+
+
+def init_state(config: TrainConfig, hp: dict, params: dict, lrs: jax.Array) -> State:
+    """The loop's starting state for ``params`` (the optimizer's state included)."""
+    opt = make_optimizer(config, hp, lambda count: lrs[count])
+    best = jax.tree.map(jnp.copy, params)  # a buffer of its own: the state is donated
+    return State(params, opt.init(params), best, jnp.array(-1.0, params["W1"].dtype))
+
+
+def training_scores(config: TrainConfig, hp: dict, params: dict, X: jax.Array, key: jax.Array):
+    """Scores (N, C) in training mode: augmentation of X, inverted dropout on the hidden layer."""
+    augment_key, dropout_key = jax.random.split(key)
+    X = augment_rows(augment_key, X, config.flip, config.translate)
+    h = model.hidden(params, X)
+    if config.dropout > 0:
+        keep = 1.0 - hp["dropout"]
+        mask = jax.random.bernoulli(dropout_key, keep, h.shape)
+        h = jnp.where(mask, h / keep, 0.0)
+    return h @ params["W2"] + params["b2"]
+
+
+def make_chunk_fn(config: TrainConfig) -> Callable:
+    """The loop body over one chunk of steps, for one config (not yet jitted).
+
+    ``chunk(state, hp, lrs, X, y, X_val, y_val, batches, steps, epoch_end)``
+    with batches (S, B), steps (S,), epoch_end (S,) returns the new state and
+    per-step ``(loss, train_acc, val_acc)``, each (S,); the accuracies are only
+    meaningful where epoch_end is true.
+    """
+    base_key = jax.random.key(config.seed)
+
+    def loss_fn(params, hp, X, y, key):
+        logits = training_scores(config, hp, params, X, key)
+        return model.cross_entropy(logits, y) + model.l2_penalty(params, hp["reg"])
+
+    def chunk(state, hp, lrs, X, y, X_val, y_val, batches, steps, epoch_end):
+        opt = make_optimizer(config, hp, lambda count: lrs[count])
+
+        def step(state, inputs):
+            idx, t, is_epoch_end = inputs
+            X_batch, y_batch = X[idx], y[idx]
+            loss, grads = jax.value_and_grad(loss_fn)(
+                state.params, hp, X_batch, y_batch, jax.random.fold_in(base_key, t))
+            updates, opt_state = opt.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+
+            def record(best):
+                best_params, best_val_acc = best
+                train_acc = model.accuracy(params, X_batch, y_batch)
+                val_acc = model.accuracy(params, X_val, y_val)
+                better = val_acc > best_val_acc
+                best_params = jax.tree.map(lambda new, old: jnp.where(better, new, old),
+                                           params, best_params)
+                return (best_params, jnp.maximum(val_acc, best_val_acc)), (train_acc, val_acc)
+
+            def skip(best):
+                return best, (jnp.zeros_like(loss), jnp.zeros_like(loss))
+
+            # The predicate is shared by every config of a sweep, so under vmap
+            # this stays a real branch and validation runs once per epoch.
+            best, accs = jax.lax.cond(is_epoch_end, record, skip,
+                                      (state.best_params, state.best_val_acc))
+            return State(params, opt_state, *best), (loss,) + accs
+
+        return jax.lax.scan(step, state, (batches, steps, epoch_end))
+
+    return chunk
+
+
+_COMPILED: dict = {}
+
+
+def compiled_chunk_fn(config: TrainConfig, vmapped: bool = False) -> Callable:
+    """``make_chunk_fn(config)`` jitted (and vmapped over state and hp), cached by structure.
+
+    The loop body reads only the structural fields of ``config``, so configs
+    that share them share one compiled program.
+    """
+    key = (config.structure(), vmapped)
+    if key not in _COMPILED:
+        fn = make_chunk_fn(config)
+        if vmapped:
+            fn = jax.vmap(fn, in_axes=(0, 0, 0) + (None,) * 7)
+        _COMPILED[key] = jax.jit(fn, donate_argnums=0)
+    return _COMPILED[key]
+
+
+class TrainResult(NamedTuple):
+    """What ``train`` returns: numpy params and the notebook's histories."""
+
+    params: dict
+    best_params: dict
+    best_val_acc: float
+    history: dict
+    wall_s: float
+
+
+def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedule,
+               chunk_size: int, progress: Callable | None):
+    """Drive ``chunk_fn`` over the schedule; returns the final state and stacked histories.
+
+    Works for one config (outputs (S,)) and for a vmapped group (outputs (K, S)):
+    per-step outputs are concatenated along the last axis. ``progress(done,
+    total, losses)`` is called after each chunk with that chunk's losses.
+    """
+    total = len(schedule.batches)
+    outputs = []
+    for start in range(0, total, chunk_size):
+        stop = min(start + chunk_size, total)
+        state, out = chunk_fn(state, hp, lrs, *data, schedule.batches[start:stop],
+                              np.arange(start, stop, dtype=np.int32),
+                              schedule.epoch_end[start:stop])
+        out = tuple(np.asarray(o) for o in out)
+        outputs.append(out)
+        if progress is not None:
+            progress(stop, total, out[0])
+    losses, train_acc, val_acc = (np.concatenate(o, axis=-1) for o in zip(*outputs))
+    return state, losses, train_acc[..., schedule.epoch_end], val_acc[..., schedule.epoch_end]
+
+
+def learning_rates(config: TrainConfig, hp: dict, schedule: Schedule) -> jax.Array:
+    """Per-step learning rates (T,) from traced or concrete ``hp``."""
+    steps = jnp.arange(len(schedule.epoch_end))
+    return learning_rate_at(config, hp, steps, jnp.asarray(schedule.decays_before))
+
+
+def check_data(X, y, X_val, y_val, num_classes: int | None = None,
+               num_features: int | None = None) -> int:
+    """Validate a training set and a validation set; return the number of classes."""
+    X = check_features(X, "X_train", num_features)
+    X_val = check_features(X_val, "X_val", X.shape[1])
+    if num_classes is None:
+        y_max = max(np.max(y, initial=0), np.max(y_val, initial=0))
+        num_classes = int(y_max) + 1 if np.issubdtype(np.asarray(y).dtype, np.integer) else 1
+    check_labels(y, len(X), num_classes, "y_train")
+    check_labels(y_val, len(X_val), num_classes, "y_val")
+    return num_classes
+
+
+def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict | None = None,
+          batches: np.ndarray | None = None, progress: Callable | None = None,
+          chunk_size: int = 100) -> TrainResult:
+    """Train one network; the loop runs compiled, ``chunk_size`` steps per device call.
+
+    X: (N, D), y: (N,) ints; X_val: (M, D), y_val: (M,). ``params`` defaults to
+    ``init_params(key(config.seed), D, hidden_size, C, std)``; ``batches``
+    (num_iters, batch_size) replaces the minibatches drawn from the seed.
+    ``progress(done, total, chunk_losses)`` is called between chunks.
+    Returns the final and best-validation params (numpy), the best validation
+    accuracy and the histories ``loss_history`` (per step), ``train_acc_history``
+    and ``val_acc_history`` (per epoch), plus the wall time in seconds.
+    """
+    config.validate()
+    num_classes = None if params is None else np.shape(params["W2"])[1]
+    if params is not None:
+        check_params(params, np.shape(X)[1])
+    num_classes = check_data(X, y, X_val, y_val, num_classes)
+    if batches is not None and np.shape(batches) != (config.num_iters, config.batch_size):
+        raise ValueError(f"batches must have shape (num_iters, batch_size) = "
+                         f"{(config.num_iters, config.batch_size)}; got {np.shape(batches)}")
+    schedule = make_schedule(len(X), config.batch_size, config.num_iters, batches, config.seed)
+    dtype = np.dtype(config.dtype)
+    start_time = time.perf_counter()
+    with jax.enable_x64(dtype == np.float64):
+        hp = {k: jnp.asarray(v, dtype) for k, v in config.hyperparams().items()}
+        if params is None:
+            params = model.init_params(jax.random.key(config.seed), np.shape(X)[1],
+                                       config.hidden_size, num_classes, hp["std"], dtype)
+        params = {k: jnp.asarray(v, dtype) for k, v in params.items()}
+        data = (jnp.asarray(X, dtype), jnp.asarray(y, jnp.int32),
+                jnp.asarray(X_val, dtype), jnp.asarray(y_val, jnp.int32))
+        lrs = learning_rates(config, hp, schedule)
+        chunk_fn = compiled_chunk_fn(config)
+        state, losses, train_acc, val_acc = run_chunks(
+            chunk_fn, init_state(config, hp, params, lrs), hp, lrs, data, schedule,
+            chunk_size, progress)
+        to_numpy = lambda tree: {k: np.asarray(v) for k, v in tree.items()}  # noqa: E731
+        result = TrainResult(
+            to_numpy(state.params), to_numpy(state.best_params), float(state.best_val_acc),
+            {"loss_history": losses.tolist(), "train_acc_history": train_acc.tolist(),
+             "val_acc_history": val_acc.tolist()},
+            time.perf_counter() - start_time)
+    return result
+
+
+def notebook_printer(print_fn: Callable = print, every: int = 100) -> Callable:
+    """A ``progress`` hook that prints the notebook's ``iteration 100 / 1000: loss ...`` lines."""
+    def progress(done, total, chunk_losses):
+        first = done - len(chunk_losses)
+        for it in range(first, done):
+            if it % every == 0:
+                print_fn("iteration %d / %d: loss %f" % (it, total, chunk_losses[it - first]))
+    return progress
