@@ -64,3 +64,57 @@ def plot_weights(W1: np.ndarray, path, image_shape=(32, 32, 3)) -> Path:
     ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def most_varied(rows: list, candidates) -> list:
+    """The (up to two) fields among ``candidates`` with the most distinct values in ``rows``."""
+    counts = {name: len({row[name] for row in rows}) for name in candidates}
+    return sorted((n for n in counts if counts[n] > 1), key=lambda n: -counts[n])[:2]
+
+
+def plot_heatmap(rows: list, path, value: str = "val_acc",
+                 candidates=("learning_rate", "reg", "hidden_size", "batch_size",
+                             "learning_rate_decay", "std", "dropout", "weight_decay",
+                             "momentum", "num_iters")) -> Path:
+    """Heatmap of ``value`` over the two most varied hyperparameters of a sweep.
+
+    rows: one dict per config (hyperparameters and outcomes). Each cell shows
+    the best ``value`` among the configs with that pair of values (the other
+    fields vary inside a cell); diverged configs are left out. Random searches
+    rarely repeat values, so their values are binned into at most 8 quantile
+    bins per axis.
+    """
+    rows = [r for r in rows if r.get("status", "ok") == "ok"]
+    axes = most_varied(rows, candidates)
+    fig = Figure(figsize=(7, 5.5))
+    ax = fig.subplots()
+    if len(axes) < 1:
+        ax.text(0.5, 0.5, "fewer than one varied hyperparameter", ha="center")
+        return _save(fig, path)
+    if len(axes) == 1:
+        axes = axes + [None]
+    labels, index = [], []
+    for name in axes:
+        values = [r[name] if name else 0 for r in rows]
+        distinct = sorted(set(values))
+        if len(distinct) > 8:
+            edges = np.quantile(values, np.linspace(0, 1, 9))
+            bins = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, 7)
+            labels.append([f"{edges[i]:.3g}-{edges[i + 1]:.3g}" for i in range(8)])
+            index.append(bins)
+        else:
+            labels.append([f"{v:g}" if isinstance(v, float) else str(v) for v in distinct])
+            index.append([distinct.index(v) for v in values])
+    grid = np.full((len(labels[1]), len(labels[0])), np.nan)
+    for row, i, j in zip(rows, index[0], index[1]):
+        grid[j, i] = np.fmax(grid[j, i], row[value])
+    image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
+    for (j, i), cell in np.ndenumerate(grid):
+        if np.isfinite(cell):
+            ax.text(i, j, f"{cell:.3f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(len(labels[0])), labels[0], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels[1])), labels[1], fontsize=8)
+    ax.set(xlabel=axes[0], ylabel=axes[1] or "", title=f"best {value} per cell")
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return _save(fig, path)

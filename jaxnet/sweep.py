@@ -1,0 +1,228 @@
+"""Hyperparameter sweeps: many networks trained at once in one compiled program.
+
+Configs that share their structure (hidden size, batch size, iterations,
+optimizer, schedule, seed, ...; ``TrainConfig.STRUCTURE``) form a group. A
+group trains under ``jit(vmap(chunk))`` with the continuous hyperparameters
+as arrays, so every value shares one compilation, and with one minibatch
+schedule for all its configs: the K first-layer products then become one
+wide product ``(B, D) @ (D, K*H)`` that runs near the machine's matrix peak.
+
+The config axis is sharded over all local devices; a group larger than the
+memory budget is trained in chunks. Each config's result equals training it
+alone with ``solver.train`` (same seed), up to float rounding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from . import model, solver
+from .solver import TrainConfig
+
+# Optimizer state per parameter entry, in units of the parameter's size.
+OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
+
+
+def grid(base: TrainConfig = TrainConfig(), **values: Sequence) -> list[TrainConfig]:
+    """The cartesian product of the given field values over ``base``.
+
+    ``grid(learning_rate=[1e-3, 1e-2], reg=[0.1, 0.5])`` gives 4 configs, the
+    last field varying fastest.
+    """
+    names = list(values)
+    return [dataclasses.replace(base, **dict(zip(names, combo)))
+            for combo in itertools.product(*(values[n] for n in names))]
+
+
+def random_configs(n: int, ranges: dict, base: TrainConfig = TrainConfig(),
+                   seed: int = 0) -> list[TrainConfig]:
+    """``n`` configs with fields drawn independently from ``ranges``.
+
+    Each range is ``("log", low, high)`` (log-uniform), ``("uniform", low,
+    high)``, ``("int", low, high)`` (inclusive) or a list of choices. The same
+    seed gives the same configs.
+    """
+    rng = np.random.RandomState(seed)
+    columns = {}
+    for name, spec in ranges.items():
+        kind = spec[0] if isinstance(spec, tuple) else "choice"
+        if kind == "log":
+            columns[name] = np.exp(rng.uniform(np.log(spec[1]), np.log(spec[2]), n)).tolist()
+        elif kind == "uniform":
+            columns[name] = rng.uniform(spec[1], spec[2], n).tolist()
+        elif kind == "int":
+            columns[name] = rng.randint(spec[1], spec[2] + 1, n).tolist()
+        elif kind == "choice":
+            columns[name] = [spec[i] for i in rng.randint(0, len(spec), n)]
+        else:
+            raise ValueError(f"unknown range kind {kind!r} for {name}; "
+                             "use 'log', 'uniform', 'int' or a list of choices")
+    return [dataclasses.replace(base, **{k: v[i] for k, v in columns.items()}) for i in range(n)]
+
+
+def group_configs(configs: Sequence[TrainConfig]) -> list[list[int]]:
+    """Indices of ``configs`` grouped by structure, groups in order of first appearance."""
+    groups: dict = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(config.structure(), []).append(i)
+    return list(groups.values())
+
+
+def estimate_memory(config: TrainConfig, num_configs: int, num_features: int,
+                    num_classes: int, data_bytes: int) -> int:
+    """Bytes a group of ``num_configs`` needs: the data plus, per config, params,
+    best params, gradients and optimizer state, the per-step activations and the
+    learning-rate schedule."""
+    itemsize = np.dtype(config.dtype).itemsize
+    H, B = config.hidden_size, config.batch_size
+    param_count = num_features * H + H + H * num_classes + num_classes
+    copies = 3 + OPTIMIZER_SLOTS[config.optimizer]  # params, best, grads, optimizer slots
+    activations = 4 * B * (H + num_classes)          # forward and backward, with margin
+    per_config = itemsize * (copies * param_count + activations + config.num_iters)
+    return data_bytes + num_configs * per_config + B * num_features * itemsize
+
+
+class ConfigResult(NamedTuple):
+    """One config's outcome. ``val_acc`` is the best validation accuracy seen."""
+
+    config: TrainConfig
+    status: str              # "ok" or "diverged"
+    val_acc: float
+    final_val_acc: float
+    final_train_acc: float
+    final_loss: float
+    history: dict
+    seconds: float           # the group chunk's wall time divided by its size
+
+
+class SweepResult(NamedTuple):
+    """Every config's result, in input order, and the best config's params."""
+
+    results: list
+    best_index: int | None   # None when every config diverged
+    best_params: dict | None
+
+
+def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Schedule,
+                 mesh: Mesh, chunk_size: int, progress: Callable | None):
+    """Train one chunk of a group (same structure) under vmap, sharded over ``mesh``.
+
+    Returns per-config best params (K leading axis), losses (K, T),
+    train/val accuracies (K, epochs) and best validation accuracies (K,).
+    """
+    config = configs[0]
+    num_devices = mesh.devices.size
+    padded = configs + [configs[0]] * (-len(configs) % num_devices)
+    dtype = np.dtype(config.dtype)
+    by_config = NamedSharding(mesh, PartitionSpec("configs"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    hp = {name: jax.device_put(np.array([c.hyperparams()[name] for c in padded], dtype), by_config)
+          for name in TrainConfig.CONTINUOUS}
+    X, y, X_val, y_val = (jax.device_put(a, replicated) for a in data)
+    num_features, num_classes = X.shape[1], int(max(np.max(data[1]), np.max(data[3]))) + 1
+
+    def init(hp):
+        params = model.init_params(jax.random.key(config.seed), num_features,
+                                   config.hidden_size, num_classes, hp["std"], dtype)
+        lrs = solver.learning_rates(config, hp, schedule)
+        return solver.init_state(config, hp, params, lrs), lrs
+
+    state, lrs = jax.jit(jax.vmap(init))(hp)
+    chunk_fn = solver.compiled_chunk_fn(config, vmapped=True)
+    state, losses, train_acc, val_acc = solver.run_chunks(
+        chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress)
+    K = len(configs)
+    best_params = {k: np.asarray(v)[:K] for k, v in state.best_params.items()}
+    return (best_params, losses[:K], train_acc[:K], val_acc[:K],
+            np.asarray(state.best_val_acc)[:K])
+
+
+def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
+              max_memory: float | None = None, devices: Sequence | None = None,
+              chunk_size: int = 100, progress: Callable | None = None) -> SweepResult:
+    """Train every config; return their results and the best config's params.
+
+    X: (N, D), y: (N,); X_val: (M, D), y_val: (M,). ``max_memory`` (bytes)
+    splits groups into chunks that fit; ``devices`` defaults to all local
+    devices. ``progress(group, num_groups, done, total)`` is called between
+    compiled chunks. A config whose loss becomes NaN or infinite is marked
+    "diverged" and never chosen as best; the others are unaffected.
+    """
+    configs = [c.validate() for c in configs]
+    if not configs:
+        raise ValueError("the sweep has no configs")
+    num_classes = solver.check_data(X, y, X_val, y_val)
+    devices = list(devices or jax.local_devices())
+    mesh = Mesh(np.array(devices), ("configs",))
+    results: list = [None] * len(configs)
+    best = (None, -1.0, None)  # index, val_acc, params
+    groups = group_configs(configs)
+    for g, indices in enumerate(groups):
+        config = configs[indices[0]]
+        dtype = np.dtype(config.dtype)
+        with jax.enable_x64(dtype == np.float64):
+            data = (np.asarray(X, dtype), np.asarray(y, np.int32),
+                    np.asarray(X_val, dtype), np.asarray(y_val, np.int32))
+            per_chunk = _configs_per_chunk(config, len(indices), data, num_classes,
+                                           max_memory, len(devices))
+            schedule = solver.make_schedule(len(X), config.batch_size, config.num_iters,
+                                            seed=config.seed)
+            for start in range(0, len(indices), per_chunk):
+                chunk = indices[start:start + per_chunk]
+                report = None if progress is None else (
+                    lambda done, total, _, g=g: progress(g, len(groups), done, total))
+                t0 = time.perf_counter()
+                params, losses, train_acc, val_acc, best_val = _train_chunk(
+                    [configs[i] for i in chunk], data, schedule, mesh, chunk_size, report)
+                seconds = (time.perf_counter() - t0) / len(chunk)
+                for k, i in enumerate(chunk):
+                    diverged = not np.all(np.isfinite(losses[k]))
+                    results[i] = ConfigResult(
+                        configs[i], "diverged" if diverged else "ok", float(best_val[k]),
+                        float(val_acc[k, -1]), float(train_acc[k, -1]), float(losses[k, -1]),
+                        {"loss_history": losses[k].tolist(),
+                         "train_acc_history": train_acc[k].tolist(),
+                         "val_acc_history": val_acc[k].tolist()},
+                        seconds)
+                    if not diverged and best_val[k] > best[1]:
+                        best = (i, float(best_val[k]), {n: v[k] for n, v in params.items()})
+    return SweepResult(results, best[0], best[2])
+
+
+def _configs_per_chunk(config: TrainConfig, group_size: int, data: tuple, num_classes: int,
+                       max_memory: float | None, num_devices: int) -> int:
+    """How many configs of a group train together: all, or as many as ``max_memory`` allows
+    (rounded down to a multiple of the device count when possible)."""
+    if max_memory is None:
+        return group_size
+    data_bytes = sum(a.nbytes for a in data)
+    num_features = data[0].shape[1]
+    one = estimate_memory(config, 1, num_features, num_classes, data_bytes)
+    if one > max_memory:
+        raise ValueError(f"one config of hidden size {config.hidden_size} needs about "
+                         f"{one / 2**20:.0f} MiB with the data, more than max_memory "
+                         f"{max_memory / 2**20:.0f} MiB")
+    per_config = estimate_memory(config, 2, num_features, num_classes, data_bytes) - one
+    fit = int((max_memory - one) // per_config) + 1
+    if fit >= num_devices:
+        fit -= fit % num_devices
+    return max(1, min(group_size, fit))
+
+
+def results_table(result: SweepResult) -> list[dict]:
+    """One flat dict per config (hyperparameters and outcome), sorted by val_acc, best first."""
+    rows = []
+    for index, r in enumerate(result.results):
+        rows.append({"index": index, **dataclasses.asdict(r.config), "status": r.status,
+                     "val_acc": r.val_acc, "final_val_acc": r.final_val_acc,
+                     "train_acc": r.final_train_acc, "final_loss": r.final_loss,
+                     "seconds": r.seconds})
+    return sorted(rows, key=lambda row: (row["status"] != "ok", -row["val_acc"]))
