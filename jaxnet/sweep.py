@@ -101,6 +101,7 @@ class ConfigResult(NamedTuple):
     final_loss: float
     history: dict
     seconds: float           # the group chunk's wall time divided by its size
+    params: dict | None      # final params, with run_sweep(keep_params=True)
 
 
 class SweepResult(NamedTuple):
@@ -115,8 +116,8 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
                  mesh: Mesh, chunk_size: int, progress: Callable | None):
     """Train one chunk of a group (same structure) under vmap, sharded over ``mesh``.
 
-    Returns per-config best params (K leading axis), losses (K, T),
-    train/val accuracies (K, epochs) and best validation accuracies (K,).
+    Returns per-config final and best params (numpy, K leading axis), losses
+    (K, T), train/val accuracies (K, epochs) and best validation accuracies (K,).
     """
     config = configs[0]
     num_devices = mesh.devices.size
@@ -140,14 +141,16 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
     state, losses, train_acc, val_acc = solver.run_chunks(
         chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress)
     K = len(configs)
-    best_params = {k: np.asarray(v)[:K] for k, v in state.best_params.items()}
-    return (best_params, losses[:K], train_acc[:K], val_acc[:K],
+    params, best_params = ({k: np.asarray(v)[:K] for k, v in tree.items()}
+                           for tree in (state.params, state.best_params))
+    return (params, best_params, losses[:K], train_acc[:K], val_acc[:K],
             np.asarray(state.best_val_acc)[:K])
 
 
 def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
               max_memory: float | None = None, devices: Sequence | None = None,
-              chunk_size: int = 100, progress: Callable | None = None) -> SweepResult:
+              chunk_size: int = 100, progress: Callable | None = None,
+              keep_params: bool = False) -> SweepResult:
     """Train every config; return their results and the best config's params.
 
     X: (N, D), y: (N,); X_val: (M, D), y_val: (M,). ``max_memory`` (bytes)
@@ -155,6 +158,7 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     devices. ``progress(group, num_groups, done, total)`` is called between
     compiled chunks. A config whose loss becomes NaN or infinite is marked
     "diverged" and never chosen as best; the others are unaffected.
+    ``keep_params`` keeps every config's final params in its result.
     """
     configs = [c.validate() for c in configs]
     if not configs:
@@ -180,7 +184,7 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
                 report = None if progress is None else (
                     lambda done, total, _, g=g: progress(g, len(groups), done, total))
                 t0 = time.perf_counter()
-                params, losses, train_acc, val_acc, best_val = _train_chunk(
+                params, best_params, losses, train_acc, val_acc, best_val = _train_chunk(
                     [configs[i] for i in chunk], data, schedule, mesh, chunk_size, report)
                 seconds = (time.perf_counter() - t0) / len(chunk)
                 for k, i in enumerate(chunk):
@@ -191,9 +195,9 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
                         {"loss_history": losses[k].tolist(),
                          "train_acc_history": train_acc[k].tolist(),
                          "val_acc_history": val_acc[k].tolist()},
-                        seconds)
+                        seconds, {n: v[k] for n, v in params.items()} if keep_params else None)
                     if not diverged and best_val[k] > best[1]:
-                        best = (i, float(best_val[k]), {n: v[k] for n, v in params.items()})
+                        best = (i, float(best_val[k]), {n: v[k] for n, v in best_params.items()})
     return SweepResult(results, best[0], best[2])
 
 

@@ -84,7 +84,9 @@ def parse_args():
     search.add_argument("--search-seed", type=int, default=0, help="seed of the random draws")
     for field in fields:
         if field.name not in ("optimizer", "schedule", "dtype", "flip"):
-            search.add_argument(cli.flag(field.name) + "-range", dest=field.name + "_range",
+            search.add_argument(cli.flag(field.name) + "-range",
+                                *[alias + "-range" for alias in ALIASES.get(field.name, [])],
+                                dest=field.name + "_range",
                                 metavar="LOW:HIGH[:KIND]", help=f"range of {field.name}")
     cli.add_data_arguments(parser)
     parser.add_argument("--out", help="output folder (default: sweeps/<date-time>)")
