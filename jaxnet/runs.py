@@ -46,9 +46,9 @@ def load_dataset(args, say=lambda message: print(message, file=sys.stderr)) -> d
         try:
             data.download_cifar10(root)
         except data.DownloadError as exc:
-            raise ValueError(f"{exc}. Get the dataset with: {data.download_command(root)} "
-                             f"[--url MIRROR --md5 MD5], or point --data-dir at a folder "
-                             f"holding cifar-10-batches-py") from None
+            raise ValueError(f"{exc}. Get CIFAR-10 with: {data.download_command(root)}, "
+                             f"or point --data-dir at a folder holding cifar-10-batches-py") \
+                from None
     return data.get_CIFAR10_data(root, args.num_training, args.num_validation, args.num_test)
 
 
