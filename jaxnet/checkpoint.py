@@ -8,10 +8,12 @@ half-written checkpoint under the final name.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -32,18 +34,39 @@ class Checkpoint(NamedTuple):
     extra: dict
 
 
+def _default_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it."""
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it.
+
+    The file gets the permissions a plainly created file would get (mkstemp's
+    temporary files are private, 0o600); on any failure the temporary file is
+    removed and nothing appears under ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
+
+
+def _json_default(value):
+    """Let numpy scalars and arrays (e.g. float32 losses) into the JSON metadata."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def save_checkpoint(path, params: dict, config: dict | None = None, history: dict | None = None,
@@ -51,10 +74,19 @@ def save_checkpoint(path, params: dict, config: dict | None = None, history: dic
     """Write params, config, history and ``extra`` arrays to ``path`` (.npz) atomically."""
     check_params(params)
     meta = {"format": FORMAT, "config": config or {}, "history": history or {}}
+    try:
+        meta_json = json.dumps(meta, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config and history must be JSON-serializable: {exc}") from None
     arrays = {name: np.asarray(params[name]) for name in PARAM_NAMES}
     arrays.update({f"extra/{k}": np.asarray(v) for k, v in (extra or {}).items()})
-    arrays["meta"] = np.array(json.dumps(meta))
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+    for name, array in arrays.items():
+        # Object arrays would be pickled, and load_checkpoint refuses pickles.
+        if array.dtype.hasobject:
+            raise ValueError(f"{name} cannot be saved: it is not an array of numbers or "
+                             f"strings (got {type(array.flat[0]).__name__} values)")
+    arrays["meta"] = np.array(meta_json)
+    atomic_write(path, lambda f: np.savez(f, allow_pickle=False, **arrays))
     return Path(path)
 
 
@@ -66,11 +98,18 @@ def load_checkpoint(path, input_size: int | None = None) -> Checkpoint:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"checkpoint {path} does not exist or is not a file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable jaxnet checkpoint: it is not an .npz (zip) "
+                         f"archive; the file is truncated, corrupted or of another format")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array, not an .npz archive")
+        with data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error,
+            NotImplementedError) as exc:
         raise ValueError(f"{path} is not a readable jaxnet checkpoint (.npz): {exc}") from None
     missing = [k for k in PARAM_NAMES + ("meta",) if k not in arrays]
     if missing:
@@ -79,13 +118,19 @@ def load_checkpoint(path, input_size: int | None = None) -> Checkpoint:
         meta = json.loads(str(arrays.pop("meta")))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: its metadata is corrupted ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r}, "
-                         f"expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"{path}: unknown checkpoint format {found!r}, expected {FORMAT!r}")
     params = {k: arrays[k] for k in PARAM_NAMES}
     try:
+        for name, array in params.items():
+            if not np.issubdtype(array.dtype, np.number):
+                raise ValueError(f"params {name} must hold numbers; got dtype {array.dtype}")
+        if np.ndim(params["W1"]) != 2 or np.ndim(params["W2"]) != 2:
+            raise ValueError(f"params W1 and W2 must be 2-D; got shapes "
+                             f"{np.shape(params['W1'])} and {np.shape(params['W2'])}")
         check_params(params, input_size)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
-    return Checkpoint(params, meta["config"], meta["history"], extra)
+    return Checkpoint(params, meta.get("config", {}), meta.get("history", {}), extra)

@@ -105,6 +105,8 @@ def download_cifar10(root: str | os.PathLike | None = None, url: str | None = No
     folder = root / FOLDER_NAME
     if _complete(folder):
         return folder
+    # The topmost folder this call creates, removed again if the download fails.
+    created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     root.mkdir(parents=True, exist_ok=True)
     archive = root / ARCHIVE_NAME
     # Everything partial lives in one temporary folder inside root (so that the
@@ -119,6 +121,10 @@ def download_cifar10(root: str | os.PathLike | None = None, url: str | None = No
         if source != archive:
             os.replace(source, archive)
         _move_into_place(tmp / "extracted" / FOLDER_NAME, folder, trash=tmp / "replaced")
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

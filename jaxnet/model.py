@@ -67,10 +67,5 @@ def predict(params: Params, X: jax.Array) -> jax.Array:
     return jnp.argmax(scores(params, X), axis=1)
 
 
-def accuracy(params: Params, X: jax.Array, y: jax.Array) -> jax.Array:
-    """Fraction of rows of X whose predicted class equals y. -> scalar of the params' dtype."""
-    return jnp.mean(predict(params, X) == y, dtype=params["W2"].dtype)
-
-
 loss_and_grad = jax.jit(jax.value_and_grad(loss))
 """``(params, X, y, reg) -> (loss, grads)``, grads shaped like params; compiled."""

@@ -39,13 +39,17 @@ def visualize_grid(Xs: np.ndarray, ubound: float = 255.0, padding: int = 1) -> n
     Xs: (N, H, W, C) -> (G * (H + padding) - padding, G * (W + padding) - padding, C)
     with G = ceil(sqrt(N)).
     """
+    Xs = np.asarray(Xs)
+    if Xs.ndim != 4 or len(Xs) == 0:
+        raise ValueError(f"Xs must be a non-empty stack of images (N, H, W, C); "
+                         f"got shape {Xs.shape}")
     N, H, W, C = Xs.shape
     grid_size = int(np.ceil(np.sqrt(N)))
     grid = np.zeros((grid_size * (H + padding) - padding,
                      grid_size * (W + padding) - padding, C))
     for i in range(N):
         r, c = divmod(i, grid_size)
-        img = Xs[i]
+        img = Xs[i].astype(np.float64)  # integer pixels would wrap around in img - low
         low, high = np.min(img), np.max(img)
         y0, x0 = r * (H + padding), c * (W + padding)
         grid[y0:y0 + H, x0:x0 + W] = ubound * (img - low) / max(high - low, 1e-12)

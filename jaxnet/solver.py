@@ -22,9 +22,10 @@ import numpy as np
 import optax
 
 from . import model
-from .augment import augment_rows
+from .augment import IMAGE_SHAPE, augment_rows
 from .validate import check_features, check_labels, check_params
 
+AUGMENTABLE_FEATURES = int(np.prod(IMAGE_SHAPE))
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("step", "cosine")
 
@@ -83,9 +84,16 @@ class TrainConfig:
             value = getattr(self, name)
             need(isinstance(value, (int, np.integer)) and value >= 1,
                  f"{name} must be an integer >= 1; got {value!r}")
+        for name in ("learning_rate", "learning_rate_decay", "reg", "std", "momentum",
+                     "weight_decay", "dropout"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, float, np.integer, np.floating))
+                 and not isinstance(value, bool), f"{name} must be a number; got {value!r}")
         for name in ("learning_rate", "reg", "std", "weight_decay"):
             value = getattr(self, name)
             need(math.isfinite(value) and value >= 0, f"{name} must be finite and >= 0; got {value}")
+        need(isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**32,
+             f"seed must be an integer in [0, 2**32); got {self.seed!r}")
         need(0 < self.learning_rate_decay <= 1,
              f"learning_rate_decay must be in (0, 1]; got {self.learning_rate_decay}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}")
@@ -170,14 +178,14 @@ class State(NamedTuple):
     params: dict
     opt_state: optax.OptState
     best_params: dict
-    best_val_acc: jax.Array
+    best_val_correct: jax.Array  # int: validation hits of best_params (-1 before any epoch)
 
 
 def init_state(config: TrainConfig, hp: dict, params: dict, lrs: jax.Array) -> State:
     """The loop's starting state for ``params`` (the optimizer's state included)."""
     opt = make_optimizer(config, hp, lambda count: lrs[count])
     best = jax.tree.map(jnp.copy, params)  # a buffer of its own: the state is donated
-    return State(params, opt.init(params), best, jnp.array(-1.0, params["W1"].dtype))
+    return State(params, opt.init(params), best, jnp.array(-1, jnp.int32))
 
 
 def training_scores(config: TrainConfig, hp: dict, params: dict, X: jax.Array, key: jax.Array):
@@ -197,8 +205,10 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
 
     ``chunk(state, hp, lrs, X, y, X_val, y_val, batches, steps, epoch_end)``
     with batches (S, B), steps (S,), epoch_end (S,) returns the new state and
-    per-step ``(loss, train_acc, val_acc)``, each (S,); the accuracies are only
-    meaningful where epoch_end is true.
+    per-step ``(loss, train_correct, val_correct)``, each (S,): the numbers of
+    correct predictions on the minibatch and on the validation set, only
+    meaningful where epoch_end is true. (Counts, not fractions: the host
+    divides, so float64 accuracies equal numpy's to the last bit.)
     """
     base_key = jax.random.key(config.seed)
 
@@ -218,21 +228,22 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
             params = optax.apply_updates(state.params, updates)
 
             def record(best):
-                best_params, best_val_acc = best
-                train_acc = model.accuracy(params, X_batch, y_batch)
-                val_acc = model.accuracy(params, X_val, y_val)
-                better = val_acc > best_val_acc
+                best_params, best_val_correct = best
+                hits = lambda X, y: jnp.sum(model.predict(params, X) == y, dtype=jnp.int32)  # noqa: E731
+                train_correct, val_correct = hits(X_batch, y_batch), hits(X_val, y_val)
+                better = val_correct > best_val_correct
                 best_params = jax.tree.map(lambda new, old: jnp.where(better, new, old),
                                            params, best_params)
-                return (best_params, jnp.maximum(val_acc, best_val_acc)), (train_acc, val_acc)
+                return ((best_params, jnp.maximum(val_correct, best_val_correct)),
+                        (train_correct, val_correct))
 
             def skip(best):
-                return best, (jnp.zeros_like(loss), jnp.zeros_like(loss))
+                return best, (jnp.array(0, jnp.int32), jnp.array(0, jnp.int32))
 
             # The predicate is shared by every config of a sweep, so under vmap
             # this stays a real branch and validation runs once per epoch.
             best, accs = jax.lax.cond(is_epoch_end, record, skip,
-                                      (state.best_params, state.best_val_acc))
+                                      (state.best_params, state.best_val_correct))
             return State(params, opt_state, *best), (loss,) + accs
 
         return jax.lax.scan(step, state, (batches, steps, epoch_end))
@@ -270,11 +281,13 @@ class TrainResult(NamedTuple):
 
 def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedule,
                chunk_size: int, progress: Callable | None):
-    """Drive ``chunk_fn`` over the schedule; returns the final state and stacked histories.
+    """Drive ``chunk_fn`` over the schedule.
 
     Works for one config (outputs (S,)) and for a vmapped group (outputs (K, S)):
     per-step outputs are concatenated along the last axis. ``progress(done,
     total, losses)`` is called after each chunk with that chunk's losses.
+    Returns the final state, losses (..., T), train and validation accuracies
+    per epoch (..., epochs) and the best validation accuracy (...).
     """
     total = len(schedule.batches)
     outputs = []
@@ -287,8 +300,11 @@ def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedu
         outputs.append(out)
         if progress is not None:
             progress(stop, total, out[0])
-    losses, train_acc, val_acc = (np.concatenate(o, axis=-1) for o in zip(*outputs))
-    return state, losses, train_acc[..., schedule.epoch_end], val_acc[..., schedule.epoch_end]
+    losses, train_correct, val_correct = (np.concatenate(o, axis=-1) for o in zip(*outputs))
+    batch_size, num_val = schedule.batches.shape[1], len(data[3])
+    return (state, losses, train_correct[..., schedule.epoch_end] / batch_size,
+            val_correct[..., schedule.epoch_end] / num_val,
+            np.asarray(state.best_val_correct) / num_val)
 
 
 def learning_rates(config: TrainConfig, hp: dict, schedule: Schedule) -> jax.Array:
@@ -310,6 +326,20 @@ def check_data(X, y, X_val, y_val, num_classes: int | None = None,
     return num_classes
 
 
+def check_batches(batches, config: TrainConfig, num_train: int) -> None:
+    """Minibatch indices must be (num_iters, batch_size) integers in [0, num_train):
+    compiled code would silently clamp an index past the data."""
+    batches = np.asarray(batches)
+    if batches.shape != (config.num_iters, config.batch_size):
+        raise ValueError(f"batches must have shape (num_iters, batch_size) = "
+                         f"{(config.num_iters, config.batch_size)}; got {batches.shape}")
+    if not np.issubdtype(batches.dtype, np.integer):
+        raise ValueError(f"batches must hold integer row indices; got dtype {batches.dtype}")
+    if batches.min() < 0 or batches.max() >= num_train:
+        raise ValueError(f"batches index rows [{batches.min()}, {batches.max()}] but X_train "
+                         f"has rows [0, {num_train - 1}]")
+
+
 def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict | None = None,
           batches: np.ndarray | None = None, progress: Callable | None = None,
           chunk_size: int = 100) -> TrainResult:
@@ -328,9 +358,11 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
     if params is not None:
         check_params(params, np.shape(X)[1])
     num_classes = check_data(X, y, X_val, y_val, num_classes)
-    if batches is not None and np.shape(batches) != (config.num_iters, config.batch_size):
-        raise ValueError(f"batches must have shape (num_iters, batch_size) = "
-                         f"{(config.num_iters, config.batch_size)}; got {np.shape(batches)}")
+    if batches is not None:
+        check_batches(batches, config, len(X))
+    if (config.flip or config.translate) and np.shape(X)[1] != AUGMENTABLE_FEATURES:
+        raise ValueError(f"flip and translate need rows of 32x32x3 images "
+                         f"({AUGMENTABLE_FEATURES} features); X_train has {np.shape(X)[1]}")
     schedule = make_schedule(len(X), config.batch_size, config.num_iters, batches, config.seed)
     dtype = np.dtype(config.dtype)
     start_time = time.perf_counter()
@@ -344,12 +376,12 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
                 jnp.asarray(X_val, dtype), jnp.asarray(y_val, jnp.int32))
         lrs = learning_rates(config, hp, schedule)
         chunk_fn = compiled_chunk_fn(config)
-        state, losses, train_acc, val_acc = run_chunks(
+        state, losses, train_acc, val_acc, best_val_acc = run_chunks(
             chunk_fn, init_state(config, hp, params, lrs), hp, lrs, data, schedule,
             chunk_size, progress)
         to_numpy = lambda tree: {k: np.asarray(v) for k, v in tree.items()}  # noqa: E731
         result = TrainResult(
-            to_numpy(state.params), to_numpy(state.best_params), float(state.best_val_acc),
+            to_numpy(state.params), to_numpy(state.best_params), float(best_val_acc),
             {"loss_history": losses.tolist(), "train_acc_history": train_acc.tolist(),
              "val_acc_history": val_acc.tolist()},
             time.perf_counter() - start_time)

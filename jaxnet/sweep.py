@@ -138,13 +138,13 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
 
     state, lrs = jax.jit(jax.vmap(init))(hp)
     chunk_fn = solver.compiled_chunk_fn(config, vmapped=True)
-    state, losses, train_acc, val_acc = solver.run_chunks(
+    state, losses, train_acc, val_acc, best_val_acc = solver.run_chunks(
         chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress)
     K = len(configs)
     params, best_params = ({k: np.asarray(v)[:K] for k, v in tree.items()}
                            for tree in (state.params, state.best_params))
     return (params, best_params, losses[:K], train_acc[:K], val_acc[:K],
-            np.asarray(state.best_val_acc)[:K])
+            best_val_acc[:K])
 
 
 def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,

@@ -71,6 +71,9 @@ def check_params(params, input_size: int | None = None) -> dict:
     missing = {"W1", "b1", "W2", "b2"} - set(params)
     if missing:
         raise ValueError(f"params is missing {sorted(missing)}; it needs W1, b1, W2, b2")
+    for name in ("W1", "W2"):
+        if np.ndim(params[name]) != 2:
+            raise ValueError(f"params[{name!r}] must be 2-D; got shape {np.shape(params[name])}")
     D, H = np.shape(params["W1"])
     H2, C = np.shape(params["W2"])
     if H2 != H or np.shape(params["b1"]) != (H,) or np.shape(params["b2"]) != (C,):

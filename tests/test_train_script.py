@@ -1,0 +1,152 @@
+"""scripts/train.py end to end on the real CIFAR-10 fixture and on an .npz, and its one-line errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from jaxnet.checkpoint import load_checkpoint
+
+SCRIPT = REPO / "scripts" / "train.py"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SMALL_SPLITS = ["--num-training", "150", "--num-validation", "50", "--num-test", "100"]
+
+
+def run_train(*args, timeout=120):
+    # An unreachable mirror with a dummy checksum: nothing here may touch the network.
+    env = {**os.environ, "JAXNET_CIFAR10_URL": "http://127.0.0.1:9/x.tar.gz",
+           "JAXNET_CIFAR10_MD5": "0" * 32}
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def check_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    assert path.stat().st_size > 1000
+
+
+def test_train_script_end_to_end_on_cifar10(cifar_fixture, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train("--data-dir", cifar_fixture, *SMALL_SPLITS, "--num-iters", 30,
+                     "--batch-size", 20, "--hidden-size", 10, "--eval-test", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"run saved in {out}/" in proc.stdout
+    assert sorted(os.listdir(out)) == ["config.json", "history.json", "loss_acc.png",
+                                       "metrics.json", "params.npz", "weights.png"]
+
+    config = json.loads((out / "config.json").read_text())
+    assert (config["num_iters"], config["batch_size"], config["hidden_size"]) == (30, 20, 10)
+    assert config["learning_rate"] == 1e-4 and config["optimizer"] == "sgd"
+
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss_history"]) == 30
+    assert all(np.isfinite(history["loss_history"]))
+    assert history["loss_history"][0] == pytest.approx(np.log(10), abs=0.05)  # std 1e-4 init
+    # 150 images, batch 20: iterations_per_epoch = 7.5, so epochs end at 0 and 15.
+    assert len(history["val_acc_history"]) == len(history["train_acc_history"]) == 2
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"train_acc", "val_acc", "test_acc", "wall_s", "device"} <= set(metrics)
+    for key in ("train_acc", "val_acc", "test_acc"):
+        assert 0 <= metrics[key] <= 1, key
+    # Accuracies are fractions of 150, 50 and 100 images.
+    assert metrics["train_acc"] * 150 == pytest.approx(round(metrics["train_acc"] * 150))
+    assert metrics["val_acc"] * 50 == pytest.approx(round(metrics["val_acc"] * 50))
+    assert metrics["test_acc"] * 100 == pytest.approx(round(metrics["test_acc"] * 100))
+    assert metrics["wall_s"] > 0 and isinstance(metrics["device"], str) and metrics["device"]
+    # The reported params are the best ones at an epoch end.
+    assert metrics["val_acc"] == pytest.approx(max(history["val_acc_history"]), abs=1e-6)
+
+    ckpt = load_checkpoint(out / "params.npz", input_size=3072)
+    assert ckpt.params["W1"].shape == (3072, 10) and ckpt.params["W2"].shape == (10, 10)
+    assert ckpt.config == config and ckpt.history == history
+    check_png(out / "loss_acc.png")
+    check_png(out / "weights.png")
+
+
+@pytest.fixture
+def small_npz(tmp_path):
+    rng = np.random.RandomState(0)
+    centers = 3 * rng.randn(4, 20)
+
+    def split(n):
+        y = rng.randint(0, 4, n)
+        return (centers[y] + rng.randn(n, 20)).astype(np.float32), y
+
+    (X_train, y_train), (X_val, y_val), (X_test, y_test) = split(120), split(40), split(40)
+    path = tmp_path / "small.npz"
+    np.savez(path, X_train=X_train, y_train=y_train, X_val=X_val, y_val=y_val,
+             X_test=X_test, y_test=y_test)
+    return path
+
+
+def test_train_script_on_an_npz(small_npz, tmp_path):
+    out = tmp_path / "npzrun"
+    proc = run_train("--data", small_npz, "--num-iters", 40, "--batch-size", 20,
+                     "--hidden-size", 8, "--learning-rate", 0.1, "--std", 0.01, "--reg", 0.001,
+                     "--optimizer", "momentum", "--eval-test", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    # Not 32x32x3 images: no weights.png.
+    assert sorted(os.listdir(out)) == ["config.json", "history.json", "loss_acc.png",
+                                       "metrics.json", "params.npz"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_acc"] >= 0.9 and metrics["test_acc"] >= 0.9  # well-separated blobs
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["loss_history"]) == 40
+    ckpt = load_checkpoint(out / "params.npz", input_size=20)
+    assert ckpt.params["W2"].shape == (8, 4)
+    assert ckpt.config["optimizer"] == "momentum"
+    check_png(out / "loss_acc.png")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--batch-size", "0"], "batch_size must be an integer >= 1; got 0"),
+    (["--optimizer", "foo"], "optimizer must be one of sgd, momentum, nesterov, adam, adamw"),
+    (["--learning-rate", "abc"], "argument --learning-rate: invalid float value: 'abc'"),
+    (["--learning-rate", "-1"], "learning_rate must be finite and >= 0; got -1.0"),
+])
+def test_bad_flags_give_one_line_and_status_2(cifar_fixture, tmp_path, flags, message):
+    out = tmp_path / "never"
+    proc = run_train("--data-dir", cifar_fixture, *SMALL_SPLITS, "--num-iters", 3,
+                     "--out", out, *flags)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "error: " in lines[0] and message in lines[0]
+    assert proc.stdout == ""
+    assert not out.exists()
+
+
+def test_missing_dataset_gives_one_error_line_and_status_2(tmp_path):
+    root = tmp_path / "nonexistent" / "x"
+    proc = run_train("--data-dir", root, "--out", tmp_path / "never", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) <= 2, proc.stderr  # the "downloading" notice, then the error
+    assert lines[-1].startswith("error: ")
+    assert "http://127.0.0.1:9/x.tar.gz" in lines[-1]
+    assert "scripts/get_cifar10.py" in lines[-1]  # says how to get the data
+    assert not (tmp_path / "never").exists()
+    assert not (root / "cifar-10-batches-py").exists()
+
+
+def test_missing_npz_is_a_one_line_error(tmp_path):
+    proc = run_train("--data", tmp_path / "absent.npz", "--out", tmp_path / "never")
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ")
+    assert "absent.npz" in proc.stderr
+
+
+def test_augmenting_rows_that_are_not_images_is_a_one_line_error(small_npz, tmp_path):
+    # --flip needs 32x32x3 image rows; the .npz holds 20 features per row.
+    proc = run_train("--data", small_npz, "--num-iters", 3, "--batch-size", 10, "--flip", 1,
+                     "--out", tmp_path / "never")
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("error: ")
+    assert "3072" in proc.stderr
