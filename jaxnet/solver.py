@@ -115,12 +115,16 @@ class Schedule(NamedTuple):
 
     batches: (T, B) minibatch indices; epoch_end: (T,) bool, where the notebook
     records accuracies and decays the learning rate; decays_before: (T,) int,
-    how many decays happened before step t.
+    how many decays happened before step t; validate: (T,) bool, where the
+    params are validated as candidates for the best: every epoch end and the
+    last step (with a schedule that decays to the end, the final params are
+    often the best, and the last step is rarely an epoch end).
     """
 
     batches: np.ndarray
     epoch_end: np.ndarray
     decays_before: np.ndarray
+    validate: np.ndarray
 
 
 def sample_batches(num_train: int, batch_size: int, num_iters: int, rng=np.random) -> np.ndarray:
@@ -146,7 +150,9 @@ def make_schedule(num_train: int, batch_size: int, num_iters: int,
     decays_before = np.concatenate([[0], np.cumsum(epoch_end)[:-1]]).astype(np.int32)
     if batches is None:
         batches = sample_batches(num_train, batch_size, num_iters, np.random.RandomState(seed))
-    return Schedule(np.asarray(batches, np.int32), epoch_end, decays_before)
+    validate = epoch_end.copy()
+    validate[-1] = True
+    return Schedule(np.asarray(batches, np.int32), epoch_end, decays_before, validate)
 
 
 def learning_rate_at(config: TrainConfig, hp: dict, step, decays_before):
@@ -203,11 +209,11 @@ def training_scores(config: TrainConfig, hp: dict, params: dict, X: jax.Array, k
 def make_chunk_fn(config: TrainConfig) -> Callable:
     """The loop body over one chunk of steps, for one config (not yet jitted).
 
-    ``chunk(state, hp, lrs, X, y, X_val, y_val, batches, steps, epoch_end)``
-    with batches (S, B), steps (S,), epoch_end (S,) returns the new state and
+    ``chunk(state, hp, lrs, X, y, X_val, y_val, batches, steps, validate)``
+    with batches (S, B), steps (S,), validate (S,) returns the new state and
     per-step ``(loss, train_correct, val_correct)``, each (S,): the numbers of
     correct predictions on the minibatch and on the validation set, only
-    meaningful where epoch_end is true. (Counts, not fractions: the host
+    meaningful where validate is true. (Counts, not fractions: the host
     divides, so float64 accuracies equal numpy's to the last bit.)
     """
     base_key = jax.random.key(config.seed)
@@ -216,11 +222,11 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
         logits = training_scores(config, hp, params, X, key)
         return model.cross_entropy(logits, y) + model.l2_penalty(params, hp["reg"])
 
-    def chunk(state, hp, lrs, X, y, X_val, y_val, batches, steps, epoch_end):
+    def chunk(state, hp, lrs, X, y, X_val, y_val, batches, steps, validate):
         opt = make_optimizer(config, hp, lambda count: lrs[count])
 
         def step(state, inputs):
-            idx, t, is_epoch_end = inputs
+            idx, t, is_validated = inputs
             X_batch, y_batch = X[idx], y[idx]
             loss, grads = jax.value_and_grad(loss_fn)(
                 state.params, hp, X_batch, y_batch, jax.random.fold_in(base_key, t))
@@ -242,11 +248,11 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
 
             # The predicate is shared by every config of a sweep, so under vmap
             # this stays a real branch and validation runs once per epoch.
-            best, accs = jax.lax.cond(is_epoch_end, record, skip,
+            best, accs = jax.lax.cond(is_validated, record, skip,
                                       (state.best_params, state.best_val_correct))
             return State(params, opt_state, *best), (loss,) + accs
 
-        return jax.lax.scan(step, state, (batches, steps, epoch_end))
+        return jax.lax.scan(step, state, (batches, steps, validate))
 
     return chunk
 
@@ -295,7 +301,7 @@ def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedu
         stop = min(start + chunk_size, total)
         state, out = chunk_fn(state, hp, lrs, *data, schedule.batches[start:stop],
                               np.arange(start, stop, dtype=np.int32),
-                              schedule.epoch_end[start:stop])
+                              schedule.validate[start:stop])
         out = tuple(np.asarray(o) for o in out)
         outputs.append(out)
         if progress is not None:
