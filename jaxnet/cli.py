@@ -65,6 +65,7 @@ CONFIG_HELP = {
     "schedule": "step (the notebook's per-epoch decay) or cosine (to 0 over the run)",
     "warmup_iters": "linear warmup iterations before the cosine decay",
     "dropout": "probability of dropping a hidden unit in training (0 = off)",
+    "patience": "stop after this many validations without a new best (0 = never)",
     "flip": "random horizontal flips of training images (1 = on)",
     "translate": "random shifts of training images by up to this many pixels",
     "seed": "seed of the initial weights, the minibatches, dropout and augmentation",

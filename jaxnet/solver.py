@@ -39,6 +39,8 @@ class TrainConfig:
     ``iterations_per_epoch = max(N / batch_size, 1)``. ``"cosine"`` decays
     from ``learning_rate`` to 0 over the run after ``warmup_iters`` of linear
     warmup. ``momentum`` is the momentum of momentum/nesterov and Adam's b1.
+    ``patience`` > 0 stops training (freezes the params) once that many
+    validations in a row bring no new best validation accuracy.
     """
 
     hidden_size: int = 50
@@ -54,6 +56,7 @@ class TrainConfig:
     schedule: str = "step"
     warmup_iters: int = 0
     dropout: float = 0.0
+    patience: int = 0
     flip: bool = False
     translate: int = 0
     seed: int = 0
@@ -62,7 +65,7 @@ class TrainConfig:
     # Fields that change array shapes or the program's structure: configs that
     # differ in these cannot share one compiled vmap program.
     STRUCTURE = ("hidden_size", "num_iters", "batch_size", "optimizer", "schedule",
-                 "warmup_iters", "flip", "translate", "seed", "dtype")
+                 "warmup_iters", "patience", "flip", "translate", "seed", "dtype")
     # Continuous hyperparameters: traced values, so changing them never recompiles.
     CONTINUOUS = ("learning_rate", "learning_rate_decay", "reg", "std", "momentum",
                   "weight_decay", "dropout")
@@ -80,6 +83,8 @@ class TrainConfig:
         def need(ok, message):
             if not ok:
                 raise ValueError(message)
+        need(isinstance(self.patience, (int, np.integer)) and self.patience >= 0,
+             f"patience must be an integer >= 0; got {self.patience!r}")
         for name in ("hidden_size", "num_iters", "batch_size"):
             value = getattr(self, name)
             need(isinstance(value, (int, np.integer)) and value >= 1,
@@ -185,13 +190,17 @@ class State(NamedTuple):
     opt_state: optax.OptState
     best_params: dict
     best_val_correct: jax.Array  # int: validation hits of best_params (-1 before any epoch)
+    stale: jax.Array             # int: validations since the last new best
+    stopped_at: jax.Array        # int: the step at which early stopping froze the params
 
 
 def init_state(config: TrainConfig, hp: dict, params: dict, lrs: jax.Array) -> State:
     """The loop's starting state for ``params`` (the optimizer's state included)."""
     opt = make_optimizer(config, hp, lambda count: lrs[count])
     best = jax.tree.map(jnp.copy, params)  # a buffer of its own: the state is donated
-    return State(params, opt.init(params), best, jnp.array(-1, jnp.int32))
+    never = jnp.array(config.num_iters, jnp.int32)
+    return State(params, opt.init(params), best, jnp.array(-1, jnp.int32),
+                 jnp.array(0, jnp.int32), never)
 
 
 def training_scores(config: TrainConfig, hp: dict, params: dict, X: jax.Array, key: jax.Array):
@@ -232,25 +241,35 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
                 state.params, hp, X_batch, y_batch, jax.random.fold_in(base_key, t))
             updates, opt_state = opt.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
+            if config.patience:  # after an early stop the params stay frozen
+                running = t < state.stopped_at
+                keep = lambda new, old: jnp.where(running, new, old)  # noqa: E731
+                params = jax.tree.map(keep, params, state.params)
+                opt_state = jax.tree.map(keep, opt_state, state.opt_state)
 
-            def record(best):
-                best_params, best_val_correct = best
+            def record(tracking):
+                best_params, best_val_correct, stale, stopped_at = tracking
                 hits = lambda X, y: jnp.sum(model.predict(params, X) == y, dtype=jnp.int32)  # noqa: E731
                 train_correct, val_correct = hits(X_batch, y_batch), hits(X_val, y_val)
                 better = val_correct > best_val_correct
                 best_params = jax.tree.map(lambda new, old: jnp.where(better, new, old),
                                            params, best_params)
-                return ((best_params, jnp.maximum(val_correct, best_val_correct)),
-                        (train_correct, val_correct))
+                stale = jnp.where(better, 0, stale + 1)
+                if config.patience:
+                    stopped_at = jnp.where((stale >= config.patience) & (t < stopped_at),
+                                           t + 1, stopped_at)
+                return ((best_params, jnp.maximum(val_correct, best_val_correct), stale,
+                         stopped_at), (train_correct, val_correct))
 
-            def skip(best):
-                return best, (jnp.array(0, jnp.int32), jnp.array(0, jnp.int32))
+            def skip(tracking):
+                return tracking, (jnp.array(0, jnp.int32), jnp.array(0, jnp.int32))
 
             # The predicate is shared by every config of a sweep, so under vmap
             # this stays a real branch and validation runs once per epoch.
-            best, accs = jax.lax.cond(is_validated, record, skip,
-                                      (state.best_params, state.best_val_correct))
-            return State(params, opt_state, *best), (loss,) + accs
+            tracking, accs = jax.lax.cond(
+                is_validated, record, skip,
+                (state.best_params, state.best_val_correct, state.stale, state.stopped_at))
+            return State(params, opt_state, *tracking), (loss,) + accs
 
         return jax.lax.scan(step, state, (batches, steps, validate))
 
@@ -287,13 +306,14 @@ class TrainResult(NamedTuple):
 
 def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedule,
                chunk_size: int, progress: Callable | None):
-    """Drive ``chunk_fn`` over the schedule.
+    """Drive ``chunk_fn`` over the schedule, until the end or until every config stopped early.
 
-    Works for one config (outputs (S,)) and for a vmapped group (outputs (K, S)):
-    per-step outputs are concatenated along the last axis. ``progress(done,
-    total, losses)`` is called after each chunk with that chunk's losses.
-    Returns the final state, losses (..., T), train and validation accuracies
-    per epoch (..., epochs) and the best validation accuracy (...).
+    Works for one config (``chunk_fn`` outputs (S,)) and for a vmapped group
+    (outputs (K, S)). ``progress(done, total, losses)`` is called after each
+    chunk with that chunk's losses. Returns the final state, one history dict
+    per config (``loss_history`` per step up to its early stop,
+    ``train_acc_history`` and ``val_acc_history`` per epoch) and the best
+    validation accuracies (K,).
     """
     total = len(schedule.batches)
     outputs = []
@@ -302,15 +322,21 @@ def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedu
         state, out = chunk_fn(state, hp, lrs, *data, schedule.batches[start:stop],
                               np.arange(start, stop, dtype=np.int32),
                               schedule.validate[start:stop])
-        out = tuple(np.asarray(o) for o in out)
-        outputs.append(out)
+        outputs.append([np.atleast_2d(np.asarray(o)) for o in out])
         if progress is not None:
-            progress(stop, total, out[0])
+            progress(stop, total, outputs[-1][0][0])
+        if np.all(np.asarray(state.stopped_at) <= stop):
+            break
     losses, train_correct, val_correct = (np.concatenate(o, axis=-1) for o in zip(*outputs))
     batch_size, num_val = schedule.batches.shape[1], len(data[3])
-    return (state, losses, train_correct[..., schedule.epoch_end] / batch_size,
-            val_correct[..., schedule.epoch_end] / num_val,
-            np.asarray(state.best_val_correct) / num_val)
+    histories = []
+    for k, end in enumerate(np.atleast_1d(np.asarray(state.stopped_at))):
+        epochs = schedule.epoch_end[:end]
+        histories.append({
+            "loss_history": losses[k, :end].tolist(),
+            "train_acc_history": (train_correct[k, :end][epochs] / batch_size).tolist(),
+            "val_acc_history": (val_correct[k, :end][epochs] / num_val).tolist()})
+    return state, histories, np.atleast_1d(np.asarray(state.best_val_correct)) / num_val
 
 
 def learning_rates(config: TrainConfig, hp: dict, schedule: Schedule) -> jax.Array:
@@ -382,15 +408,13 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
                 jnp.asarray(X_val, dtype), jnp.asarray(y_val, jnp.int32))
         lrs = learning_rates(config, hp, schedule)
         chunk_fn = compiled_chunk_fn(config)
-        state, losses, train_acc, val_acc, best_val_acc = run_chunks(
+        state, histories, best_val_acc = run_chunks(
             chunk_fn, init_state(config, hp, params, lrs), hp, lrs, data, schedule,
             chunk_size, progress)
         to_numpy = lambda tree: {k: np.asarray(v) for k, v in tree.items()}  # noqa: E731
         result = TrainResult(
-            to_numpy(state.params), to_numpy(state.best_params), float(best_val_acc),
-            {"loss_history": losses.tolist(), "train_acc_history": train_acc.tolist(),
-             "val_acc_history": val_acc.tolist()},
-            time.perf_counter() - start_time)
+            to_numpy(state.params), to_numpy(state.best_params), float(best_val_acc[0]),
+            histories[0], time.perf_counter() - start_time)
     return result
 
 

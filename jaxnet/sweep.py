@@ -116,8 +116,8 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
                  mesh: Mesh, chunk_size: int, progress: Callable | None):
     """Train one chunk of a group (same structure) under vmap, sharded over ``mesh``.
 
-    Returns per-config final and best params (numpy, K leading axis), losses
-    (K, T), train/val accuracies (K, epochs) and best validation accuracies (K,).
+    Returns per-config final and best params (numpy, K leading axis), histories
+    (K dicts) and best validation accuracies (K,).
     """
     config = configs[0]
     num_devices = mesh.devices.size
@@ -138,13 +138,12 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
 
     state, lrs = jax.jit(jax.vmap(init))(hp)
     chunk_fn = solver.compiled_chunk_fn(config, vmapped=True)
-    state, losses, train_acc, val_acc, best_val_acc = solver.run_chunks(
+    state, histories, best_val_acc = solver.run_chunks(
         chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress)
     K = len(configs)
     params, best_params = ({k: np.asarray(v)[:K] for k, v in tree.items()}
                            for tree in (state.params, state.best_params))
-    return (params, best_params, losses[:K], train_acc[:K], val_acc[:K],
-            best_val_acc[:K])
+    return params, best_params, histories[:K], best_val_acc[:K]
 
 
 def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
@@ -184,18 +183,16 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
                 report = None if progress is None else (
                     lambda done, total, _, g=g: progress(g, len(groups), done, total))
                 t0 = time.perf_counter()
-                params, best_params, losses, train_acc, val_acc, best_val = _train_chunk(
+                params, best_params, histories, best_val = _train_chunk(
                     [configs[i] for i in chunk], data, schedule, mesh, chunk_size, report)
                 seconds = (time.perf_counter() - t0) / len(chunk)
-                for k, i in enumerate(chunk):
-                    diverged = not np.all(np.isfinite(losses[k]))
+                for k, (i, history) in enumerate(zip(chunk, histories)):
+                    diverged = not np.all(np.isfinite(history["loss_history"]))
                     results[i] = ConfigResult(
                         configs[i], "diverged" if diverged else "ok", float(best_val[k]),
-                        float(val_acc[k, -1]), float(train_acc[k, -1]), float(losses[k, -1]),
-                        {"loss_history": losses[k].tolist(),
-                         "train_acc_history": train_acc[k].tolist(),
-                         "val_acc_history": val_acc[k].tolist()},
-                        seconds, {n: v[k] for n, v in params.items()} if keep_params else None)
+                        history["val_acc_history"][-1], history["train_acc_history"][-1],
+                        history["loss_history"][-1], history, seconds,
+                        {n: v[k] for n, v in params.items()} if keep_params else None)
                     if not diverged and best_val[k] > best[1]:
                         best = (i, float(best_val[k]), {n: v[k] for n, v in best_params.items()})
     return SweepResult(results, best[0], best[2])

@@ -359,3 +359,33 @@ def test_augmentation_needs_32x32x3_image_rows():
         config = TrainConfig(hidden_size=5, num_iters=3, batch_size=4, **setting)
         with pytest.raises(ValueError, match="3072"):
             solver.train(X, y, X, y, config)
+
+
+def test_early_stopping_freezes_params_and_matches_in_a_sweep():
+    """patience=2: two validations without a new best stop the run at that step."""
+    from jaxnet import sweep
+    X, y, X_val, y_val = separable(N=100, num_val=60)
+    config = TrainConfig(seed=1, patience=2, **{**SMALL, "batch_size": 20, "num_iters": 300})
+    result = solver.train(X, y, X_val, y_val, config)
+    vals = result.history["val_acc_history"]
+    stop = len(result.history["loss_history"])
+    assert stop < 300 and stop % 5 == 1  # epochs end every 5 steps; stop right after one
+    assert len(vals) == (stop - 1) // 5 + 1
+    best_epoch = int(np.argmax(vals))
+    assert len(vals) - 1 - best_epoch == 2 and max(vals[best_epoch + 1:]) <= vals[best_epoch]
+    assert result.best_val_acc == max(vals)
+    never = solver.train(X, y, X_val, y_val, TrainConfig(seed=1, **{**SMALL, "batch_size": 20,
+                                                                       "num_iters": 300}))
+    np.testing.assert_allclose(never.history["loss_history"][:stop],
+                               result.history["loss_history"], atol=1e-6)
+    # In a sweep the stopped config is frozen while another keeps going; both match solo.
+    configs = [config, TrainConfig(**{**config.__dict__, "learning_rate": 1e-3})]
+    swept = sweep.run_sweep(configs, X, y, X_val, y_val, keep_params=True)
+    for r in swept.results:
+        solo = solver.train(X, y, X_val, y_val, r.config)
+        assert len(r.history["loss_history"]) == len(solo.history["loss_history"])
+        np.testing.assert_allclose(r.history["loss_history"], solo.history["loss_history"],
+                                   atol=1e-5)
+        np.testing.assert_allclose(r.params["W1"], solo.params["W1"], atol=1e-5)
+    with pytest.raises(ValueError, match="patience must be an integer >= 0"):
+        TrainConfig(patience=-1).validate()

@@ -58,8 +58,8 @@ def test_train_script_end_to_end_on_cifar10(cifar_fixture, tmp_path):
     assert metrics["val_acc"] * 50 == pytest.approx(round(metrics["val_acc"] * 50))
     assert metrics["test_acc"] * 100 == pytest.approx(round(metrics["test_acc"] * 100))
     assert metrics["wall_s"] > 0 and isinstance(metrics["device"], str) and metrics["device"]
-    # The reported params are the best ones at an epoch end.
-    assert metrics["val_acc"] == pytest.approx(max(history["val_acc_history"]), abs=1e-6)
+    # The reported params are the best ones validated (each epoch end and the last step).
+    assert metrics["val_acc"] >= max(history["val_acc_history"])
 
     ckpt = load_checkpoint(out / "params.npz", input_size=3072)
     assert ckpt.params["W1"].shape == (3072, 10) and ckpt.params["W2"].shape == (10, 10)
