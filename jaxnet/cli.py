@@ -12,9 +12,15 @@ from typing import Callable
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter,
-                    argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's layout and shows each option's default."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's layout and shows each option's default, when it has one
+    that the help text does not already state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return text + " (default: %(default)s)"
 
 
 class Parser(argparse.ArgumentParser):
@@ -106,7 +112,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="CIFAR-10 training images (validation: the next --num-validation)")
     group.add_argument("--num-validation", type=positive_int, default=1000)
     group.add_argument("--num-test", type=positive_int, default=1000,
-                       help="test images evaluated with --eval-test")
+                       help="test images of test_acc, the notebook's subset (test_acc_full "
+                            "uses the whole test split)")
     group.add_argument("--eval-test", action="store_true",
                        help="evaluate the chosen params on the test split")
     group.add_argument("--device", choices=["cpu", "gpu"], default=None,

@@ -364,13 +364,13 @@ def load_CIFAR10(root: str | os.PathLike, dtype=np.float32
 
 
 def get_CIFAR10_data(cifar10_dir: str | os.PathLike | None = None, num_training: int = 49000,
-                     num_validation: int = 1000, num_test: int = 1000,
+                     num_validation: int = 1000, num_test: int | None = 1000,
                      subtract_mean: bool = True, dtype=np.float32) -> dict[str, np.ndarray]:
     """Load CIFAR-10 and preprocess it as the notebook does; rows are flattened images.
 
     ``cifar10_dir`` defaults to ``default_data_dir()``. Training is the first
     ``num_training`` images, validation the ``num_validation`` after them, test the
-    first ``num_test`` of the test split. With ``subtract_mean`` the mean training
+    first ``num_test`` of the test split (all of it for None). With ``subtract_mean`` the mean training
     image is subtracted from all three. Returns a dict with ``X_train (num_training,
     3072)``, ``y_train (num_training,)``, ``X_val``, ``y_val``, ``X_test``, ``y_test``
     and ``mean_image (3072,)`` (zeros without ``subtract_mean``) to preprocess new
@@ -381,7 +381,7 @@ def get_CIFAR10_data(cifar10_dir: str | os.PathLike | None = None, num_training:
         raise ValueError(f"dtype must be a floating type such as np.float32; got {dtype}")
     num_training, num_validation, num_test = (
         _count(num_training, "num_training", 1), _count(num_validation, "num_validation", 0),
-        _count(num_test, "num_test", 0))
+        None if num_test is None else _count(num_test, "num_test", 0))
     folder = find_cifar10_dir(cifar10_dir if cifar10_dir is not None else default_data_dir())
 
     used = num_training + num_validation
@@ -392,10 +392,10 @@ def get_CIFAR10_data(cifar10_dir: str | os.PathLike | None = None, num_training:
                          f"= {used} exceeds the {len(X)} training images in {folder}")
     X = X.reshape(used, NUM_PIXELS)
     X_test, y_test = _load_split(folder, TEST_FILES, dtype, limit=num_test)
-    if len(X_test) < num_test:
+    if num_test is not None and len(X_test) < num_test:
         raise ValueError(f"num_test = {num_test} exceeds the {len(X_test)} test images "
                          f"in {folder}")
-    X_test = X_test.reshape(num_test, NUM_PIXELS)
+    X_test = X_test.reshape(len(X_test), NUM_PIXELS)
 
     X_train = X[:num_training]
     if subtract_mean:

@@ -158,7 +158,7 @@ def main():
         if result.best_index is None:
             raise ValueError(f"every config diverged; results in {out}")
         best = result.results[result.best_index]
-        metrics = runs.evaluate(result.best_params, dataset, args.eval_test)
+        metrics = runs.evaluate(result.best_params, dataset, args.eval_test, args.num_test)
     metrics.update(best_val_acc=best.val_acc, sweep_wall_s=wall_s, device=str(device))
     runs.write_run(out / "best", dataclasses.asdict(best.config), result.best_params,
                    best.history, metrics)

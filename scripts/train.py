@@ -6,9 +6,11 @@ iterations of SGD with batch 200, learning rate 1e-4 decayed by 0.95 per
 epoch, reg 0.25, init std 1e-4 (validation accuracy about 0.29).
 
 The run folder (--out, default runs/<time>) receives config.json,
-history.json, metrics.json (train_acc, val_acc, [test_acc], wall_s, device),
-params.npz (a checkpoint), loss_acc.png and weights.png. The reported params
-are those with the best validation accuracy seen at an epoch end.
+history.json, metrics.json (train_acc, val_acc, with --eval-test test_acc on
+the first --num-test test images and test_acc_full on all of them, wall_s,
+device), params.npz (a checkpoint that also holds the mean image), loss_acc.png
+and weights.png. The reported params are those with the best validation
+accuracy, checked at every epoch end and after the last step.
 
 Examples:
   python scripts/train.py
@@ -27,15 +29,17 @@ import jax  # noqa: E402
 
 from jaxnet import cli, runs  # noqa: E402
 from jaxnet.data import DownloadError  # noqa: E402
-from jaxnet.solver import TrainConfig, notebook_printer, train  # noqa: E402
+from jaxnet.solver import PRESETS, TrainConfig, notebook_printer, train  # noqa: E402
 
 
 def parse_args():
     parser = cli.Parser(description=__doc__)
-    group = parser.add_argument_group("hyperparameters")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="notebook",
+                        help="starting hyperparameters; flags below override them")
+    group = parser.add_argument_group("hyperparameters (defaults: the notebook preset)")
     for field in dataclasses.fields(TrainConfig):
         group.add_argument(cli.flag(field.name), type=cli.field_type(field.default),
-                           default=field.default, help=cli.CONFIG_HELP[field.name])
+                           help=f"{cli.CONFIG_HELP[field.name]} (default: {field.default})")
     cli.add_data_arguments(parser)
     parser.add_argument("--out", help="run folder (default: runs/<date-time>)")
     parser.add_argument("--verbose", action="store_true",
@@ -45,8 +49,9 @@ def parse_args():
 
 def main():
     args = parse_args()
-    config = TrainConfig(**{f.name: getattr(args, f.name)
-                            for f in dataclasses.fields(TrainConfig)}).validate()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name) is not None}
+    config = dataclasses.replace(PRESETS[args.preset], **given).validate()
     device = runs.select_device(args.device)
     dataset = runs.load_dataset(args)
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -63,11 +68,13 @@ def main():
         result = train(dataset["X_train"], dataset["y_train"], dataset["X_val"],
                        dataset["y_val"], config, progress=progress)
         bar.finish()
-        metrics = runs.evaluate(result.best_params, dataset, args.eval_test)
+        metrics = runs.evaluate(result.best_params, dataset, args.eval_test, args.num_test)
     metrics.update(final_val_acc=result.history["val_acc_history"][-1],
                    wall_s=result.wall_s, device=str(device))
+    # The mean image travels with the params, so a loaded model preprocesses new images.
+    extra = {"mean_image": dataset["mean_image"]} if "mean_image" in dataset else None
     paths = runs.write_run(out, dataclasses.asdict(config), result.best_params,
-                           result.history, metrics)
+                           result.history, metrics, extra)
     print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("_acc")) +
           f"  ({metrics['wall_s']:.1f} s on {device})")
     print(f"run saved in {out}/ ({', '.join(sorted(paths))})")
