@@ -127,16 +127,10 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
     replicated = NamedSharding(mesh, PartitionSpec())
     hp = {name: jax.device_put(np.array([c.hyperparams()[name] for c in padded], dtype), by_config)
           for name in TrainConfig.CONTINUOUS}
-    X, y, X_val, y_val = (jax.device_put(a, replicated) for a in data)
+    X, X_val = (solver.device_array(a, dtype, replicated) for a in (data[0], data[2]))
+    y, y_val = (jax.device_put(a, replicated) for a in (data[1], data[3]))
     num_features, num_classes = X.shape[1], int(max(np.max(data[1]), np.max(data[3]))) + 1
-
-    def init(hp):
-        params = model.init_params(jax.random.key(config.seed), num_features,
-                                   config.hidden_size, num_classes, hp["std"], dtype)
-        lrs = solver.learning_rates(config, hp, schedule)
-        return solver.init_state(config, hp, params, lrs), lrs
-
-    state, lrs = jax.jit(jax.vmap(init))(hp)
+    state, lrs = _init_fn(config, num_features, num_classes)(hp, schedule.decays_before)
     chunk_fn = solver.compiled_chunk_fn(config, vmapped=True)
     state, histories, best_val_acc = solver.run_chunks(
         chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress)
@@ -144,6 +138,23 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
     params, best_params = ({k: np.asarray(v)[:K] for k, v in tree.items()}
                            for tree in (state.params, state.best_params))
     return params, best_params, histories[:K], best_val_acc[:K]
+
+
+def _init_fn(config: TrainConfig, num_features: int, num_classes: int) -> Callable:
+    """``init(hp, decays_before) -> (state, lrs)`` of a group, vmapped over hp and jitted;
+    cached like the loop, so a second sweep of the same shapes compiles nothing
+    (a fresh closure per call recompiled it: ~1-2 s per group)."""
+    key = ("init", config.structure(), num_features, num_classes)
+    if key not in solver._COMPILED:
+        def init(hp, decays_before):
+            params = model.init_params(jax.random.key(config.seed), num_features,
+                                       config.hidden_size, num_classes, hp["std"],
+                                       np.dtype(config.dtype))
+            steps = jnp.arange(decays_before.shape[0])
+            lrs = solver.learning_rate_at(config, hp, steps, decays_before)
+            return solver.init_state(config, hp, params, lrs), lrs
+        solver._COMPILED[key] = jax.jit(jax.vmap(init, in_axes=(0, None)))
+    return solver._COMPILED[key]
 
 
 def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,

@@ -29,7 +29,10 @@ def check_features(X, name: str = "X", num_features: int | None = None) -> np.nd
     if num_features is not None and X.shape[1] != num_features:
         raise ValueError(
             f"{name} has {X.shape[1]} features per row but the model expects {num_features}")
-    if np.issubdtype(X.dtype, np.floating) and not np.all(np.isfinite(X)):
+    # min and max propagate NaN and reach +-inf: an exact test that, unlike
+    # isfinite, makes no (N, D) temporary (0.1-0.4 s for CIFAR-10 with page faults).
+    if np.issubdtype(X.dtype, np.floating) and X.size and not (
+            np.isfinite(X.min()) and np.isfinite(X.max())):
         bad = int(np.size(X) - np.count_nonzero(np.isfinite(X)))
         raise ValueError(f"{name} contains {bad} NaN or infinite values")
     return X
