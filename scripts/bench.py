@@ -1,0 +1,572 @@
+#!/usr/bin/env python3
+"""Measure jaxnet against the notebook's numpy loop and the machine's matrix peak.
+
+Everything is measured in one run on the same machine, so the ratios mean
+something even where absolute times do not (a shared machine is noisy; each
+number is the median of several repeats):
+
+  peak    float32 matrix-multiply peak: a 2048x2048 product with numpy
+  single  the notebook's run (hidden 50, batch 200, 1000 iterations): the numpy
+          reference loop (jaxnet.reference.train) in float64 and float32, and
+          jaxnet's solver.train in float32, steady state and compile time
+  grid    the notebook's 12-config grid (lr x reg x batch size, 2000 iterations):
+          the numpy reference one config after another (float64) against
+          jaxnet.sweep.run_sweep, compilation included and in steady state
+  rss     peak memory (ru_maxrss, and VmHWM) of a child process running a
+          48-config sweep of the notebook's shape; runs first, while this
+          process is small, since Linux hands a parent's ru_maxrss to its child
+  sweep   with --sweep-configs N: an N-config sweep (hidden 50, batch 200, 2000
+          iterations), steady state after compile (how a GPU figure is measured)
+
+Achieved GFLOP/s count the matrix products analytically (see "flop_model" in
+the JSON). The data are CIFAR-10-shaped random numbers unless --data-dir
+points at CIFAR-10. Timings are wall times; compilation time is "first call
+minus steady state", with JAX's caches cleared before each first call.
+
+Examples:
+  python scripts/bench.py --json bench.json
+  python scripts/bench.py --only single --repeats 5
+  python scripts/bench.py --only sweep --device gpu --sweep-configs 1024
+  python scripts/bench.py --quick --json /tmp/bench.json   # harness check, seconds
+"""
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxnet import cli, reference, runs, solver, sweep  # noqa: E402
+from jaxnet.solver import TrainConfig  # noqa: E402
+
+SECTIONS = ("peak", "single", "grid", "rss", "sweep")
+DEFAULT_SECTIONS = ("peak", "single", "grid", "rss")
+GRID_VALUES = {"learning_rate": [5e-4, 1e-3, 2.5e-3], "reg": [0.25, 0.5], "batch_size": [100, 200]}
+# 48 configs in 2 groups of 24 (one per batch size): the notebook's grid, widened.
+RSS_VALUES = {"learning_rate": [5e-4, 1e-3, 2.5e-3, 5e-3], "reg": [0.1, 0.25, 0.5],
+              "learning_rate_decay": [0.9, 0.95], "batch_size": [100, 200]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Problem sizes: the notebook's by default, tiny ones with --quick."""
+
+    num_train: int = 49000
+    num_val: int = 1000
+    num_features: int = 3072
+    num_classes: int = 10
+    hidden: int = 50
+    single_iters: int = 1000
+    single_batch: int = 200
+    grid_iters: int = 2000
+    grid_batches: tuple = (100, 200)
+    peak_n: int = 2048
+    rss_iters: int = 200
+
+
+QUICK = Sizes(num_train=600, num_val=60, num_features=96, hidden=8, single_iters=40,
+              single_batch=20, grid_iters=40, grid_batches=(10, 20), peak_n=256, rss_iters=20)
+
+
+# ----------------------------------------------------------------------------- counting
+
+def step_flops(B: int, D: int, H: int, C: int) -> int:
+    """Matrix-product FLOPs of one training step (2 per multiply-add).
+
+    forward X@W1 2BDH + h@W2 2BHC; backward dW1 2BDH, dW2 2BHC, dh 2BHC
+    (no dX: the inputs are not differentiated).
+    """
+    return 4 * B * D * H + 6 * B * H * C
+
+
+def run_flops(N: int, D: int, H: int, C: int, M: int, B: int, T: int) -> int:
+    """FLOPs of a T-step run: the steps plus, at each epoch end, the forward pass
+    of the validation set (M rows) and of the minibatch (train accuracy)."""
+    per_epoch = max(N / B, 1)
+    epochs = sum(1 for it in range(T) if it % per_epoch == 0)
+    forward = lambda rows: 2 * rows * D * H + 2 * rows * H * C  # noqa: E731
+    return T * step_flops(B, D, H, C) + epochs * (forward(M) + forward(B))
+
+
+FLOP_MODEL = ("per step: forward X@W1 2*B*D*H + h@W2 2*B*H*C, backward dW1 2*B*D*H, "
+              "dW2 2*B*H*C, dh 2*B*H*C (no dX); per epoch end: forward of the validation "
+              "set 2*M*(D*H + H*C) and of the minibatch 2*B*(D*H + H*C); biases, ReLU, "
+              "softmax and updates not counted")
+
+
+# ----------------------------------------------------------------------------- timing helpers
+
+def median(values):
+    return float(statistics.median(values))
+
+
+def timed(fn):
+    """(seconds, result) of one call."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def clear_jax_caches():
+    """Forget every compiled program, as in a fresh process."""
+    solver._COMPILED.clear()
+    jax.clear_caches()
+
+
+def block(tree):
+    jax.block_until_ready(tree)
+    return tree
+
+
+# ----------------------------------------------------------------------------- data and machine
+
+def make_data(sizes: Sizes, data_dir: str | None, seed: int = 0) -> tuple:
+    """(X, y, X_val, y_val) float32: CIFAR-10 from data_dir, or random of its shape."""
+    if data_dir:
+        from jaxnet import data
+        d = data.get_CIFAR10_data(data_dir, sizes.num_train, sizes.num_val, 0)
+        if d["X_train"].shape[1] != sizes.num_features:
+            raise ValueError(f"{data_dir}: rows have {d['X_train'].shape[1]} features, "
+                             f"expected {sizes.num_features}")
+        return d["X_train"], d["y_train"], d["X_val"], d["y_val"]
+    rng = np.random.default_rng(seed)
+    # Drawn straight in float32, so no float64 copy inflates the peak memory.
+    X = rng.standard_normal((sizes.num_train, sizes.num_features), dtype=np.float32)
+    X_val = rng.standard_normal((sizes.num_val, sizes.num_features), dtype=np.float32)
+    y = rng.integers(0, sizes.num_classes, sizes.num_train)
+    y_val = rng.integers(0, sizes.num_classes, sizes.num_val)
+    return X, y, X_val, y_val
+
+
+def blas_info() -> str:
+    """The BLAS library and kernel numpy uses, from threadpoolctl when installed."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "unknown (threadpoolctl not installed)"
+    entries = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} "
+               f"threads={i.get('num_threads')}"
+               for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    return "; ".join(entries) or "unknown"
+
+
+def machine_info(device) -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    return {
+        "cpu": cpu or platform.processor(), "cores": os.cpu_count(), "usable_cores": usable,
+        "python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", None) or _jaxlib_version(),
+        "blas": blas_info(), "device": str(device), "platform": device.platform,
+        "env": {k: os.environ[k] for k in sorted(os.environ)
+                if k.startswith(("OPENBLAS", "OMP_", "MKL_", "XLA_", "JAX_"))},
+    }
+
+
+def _jaxlib_version():
+    try:
+        import jaxlib
+        return jaxlib.__version__
+    except (ImportError, AttributeError):
+        return None
+
+
+# ----------------------------------------------------------------------------- sections
+
+def bench_peak(sizes: Sizes, repeats: int) -> dict:
+    """numpy float32 GFLOP/s of an n x n product (n = 2048), median of the repeats."""
+    n = sizes.peak_n
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm up the BLAS threads
+    times = [timed(lambda: a @ b)[0] for _ in range(max(repeats, 5))]
+    return {"peak_gflops": 2 * n ** 3 / median(times) / 1e9, "peak_size": n,
+            "peak_times_s": times}
+
+
+def numpy_params(sizes: Sizes, dtype, seed: int) -> dict:
+    rng = np.random.RandomState(seed)
+    D, H, C = sizes.num_features, sizes.hidden, sizes.num_classes
+    return {"W1": (1e-4 * rng.randn(D, H)).astype(dtype), "b1": np.zeros(H, dtype),
+            "W2": (1e-4 * rng.randn(H, C)).astype(dtype), "b2": np.zeros(C, dtype)}
+
+
+def numpy_run(sizes, data, config: TrainConfig, dtype, seed=0) -> float:
+    """Seconds of the notebook's numpy loop (jaxnet.reference.train) for ``config``."""
+    X, y, X_val, y_val = data
+    params = numpy_params(sizes, dtype, seed)
+    seconds, _ = timed(lambda: reference.train(
+        params, X, y, X_val, y_val, config.learning_rate, config.learning_rate_decay,
+        config.reg, config.num_iters, config.batch_size, np.random.RandomState(seed)))
+    return seconds
+
+
+def bench_single(sizes: Sizes, data32, data64, device, repeats: int, say) -> dict:
+    """numpy float64/float32 and jaxnet float32 on the notebook's single run, interleaved."""
+    config = TrainConfig(hidden_size=sizes.hidden, num_iters=sizes.single_iters,
+                         batch_size=sizes.single_batch)
+    rows = {"numpy_f64": [], "numpy_f32": [], "jaxnet_first": [], "jaxnet_steady": [],
+            "jaxnet_compile": []}
+    for r in range(repeats):
+        rows["numpy_f64"].append(numpy_run(sizes, data64, config, np.float64))
+        rows["numpy_f32"].append(numpy_run(sizes, data32, config, np.float32))
+        clear_jax_caches()
+        with jax.default_device(device):
+            first, _ = timed(lambda: solver.train(*data32, config))
+            steady, _ = timed(lambda: solver.train(*data32, config))
+        rows["jaxnet_first"].append(first)
+        rows["jaxnet_steady"].append(steady)
+        rows["jaxnet_compile"].append(first - steady)
+        say(f"  single repeat {r + 1}/{repeats}: numpy f64 {rows['numpy_f64'][-1]:.2f} s, "
+            f"f32 {rows['numpy_f32'][-1]:.2f} s, jaxnet {steady:.2f} s "
+            f"(+{first - steady:.2f} s compile)")
+    N, D = data32[0].shape
+    flops = run_flops(N, D, sizes.hidden, sizes.num_classes, len(data32[2]),
+                      sizes.single_batch, sizes.single_iters)
+    out = {"numpy_f64_s": median(rows["numpy_f64"]), "numpy_f32_s": median(rows["numpy_f32"]),
+           "jaxnet_single_s": median(rows["jaxnet_steady"]),
+           "jaxnet_single_first_s": median(rows["jaxnet_first"]),
+           "jaxnet_single_compile_s": median(rows["jaxnet_compile"]),
+           "single_tflop": flops / 1e12, "single_times_s": rows}
+    out["single_speedup_f32"] = out["numpy_f32_s"] / out["jaxnet_single_s"]
+    out["single_speedup_f64"] = out["numpy_f64_s"] / out["jaxnet_single_s"]
+    for key in ("numpy_f64", "numpy_f32", "jaxnet_single"):
+        out[f"{key}_gflops"] = flops / out[f"{key}_s"] / 1e9
+    return out
+
+
+def grid_configs(sizes: Sizes) -> list:
+    base = TrainConfig(hidden_size=sizes.hidden, num_iters=sizes.grid_iters,
+                       learning_rate_decay=0.95)
+    return sweep.grid(base, **{**GRID_VALUES, "batch_size": list(sizes.grid_batches)})
+
+
+def grid_flops(sizes: Sizes, configs, N: int, M: int) -> int:
+    return sum(run_flops(N, sizes.num_features, c.hidden_size, sizes.num_classes, M,
+                         c.batch_size, c.num_iters) for c in configs)
+
+
+def device_list(device) -> list:
+    return [d for d in jax.local_devices() if d.platform == device.platform]
+
+
+def run_sweep_timed(configs, data, device) -> float:
+    with jax.default_device(device):
+        seconds, result = timed(lambda: sweep.run_sweep(configs, *data,
+                                                        devices=device_list(device)))
+    if any(r.status != "ok" for r in result.results):
+        raise RuntimeError("a benchmark config diverged; the timing would not be comparable")
+    return seconds
+
+
+def bench_grid(sizes: Sizes, data32, data64, device, repeats: int, grid_repeats: int,
+               say) -> dict:
+    """The notebook's 12-config grid: numpy float64 one by one vs jaxnet's vmapped sweep."""
+    configs = grid_configs(sizes)
+    numpy_times, first_times, steady_times = [], [], []
+    for r in range(max(grid_repeats, repeats)):
+        if r < grid_repeats:
+            numpy_times.append(sum(numpy_run(sizes, data64, c, np.float64, seed=i)
+                                   for i, c in enumerate(configs)))
+            clear_jax_caches()
+            first_times.append(run_sweep_timed(configs, data32, device))
+        steady_times.append(run_sweep_timed(configs, data32, device))
+        say(f"  grid repeat {r + 1}/{max(grid_repeats, repeats)}: "
+            + (f"numpy f64 {numpy_times[-1]:.1f} s, jaxnet {first_times[-1]:.1f} s with "
+               f"compilation, " if r < grid_repeats else "")
+            + f"jaxnet steady {steady_times[-1]:.1f} s")
+    N, M = len(data32[0]), len(data32[2])
+    flops = grid_flops(sizes, configs, N, M)
+    out = {"grid_configs": len(configs), "grid_tflop": flops / 1e12,
+           "grid_numpy_f64_s": median(numpy_times), "grid_jaxnet_s": median(first_times),
+           "grid_jaxnet_steady_s": median(steady_times),
+           "grid_times_s": {"numpy_f64": numpy_times, "jaxnet_first": first_times,
+                            "jaxnet_steady": steady_times}}
+    out["grid_jaxnet_compile_s"] = out["grid_jaxnet_s"] - out["grid_jaxnet_steady_s"]
+    out["grid_speedup_f64"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_s"]
+    out["grid_speedup_f64_steady"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_steady_s"]
+    out["grid_numpy_f64_gflops"] = flops / out["grid_numpy_f64_s"] / 1e9
+    out["grid_jaxnet_gflops"] = flops / out["grid_jaxnet_s"] / 1e9
+    out["grid_jaxnet_steady_gflops"] = flops / out["grid_jaxnet_steady_s"] / 1e9
+    return out
+
+
+def rss_configs(sizes: Sizes) -> list:
+    base = TrainConfig(hidden_size=sizes.hidden, num_iters=sizes.rss_iters)
+    return sweep.grid(base, **{**RSS_VALUES, "batch_size": list(sizes.grid_batches)})
+
+
+def peak_rss_bytes() -> tuple:
+    """(VmHWM, ru_maxrss) of this process in bytes; VmHWM is None where /proc is missing.
+
+    On Linux ru_maxrss survives execve: a child started from a large parent
+    reports at least the parent's size. VmHWM belongs to the process image.
+    """
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024, maxrss
+    except OSError:
+        pass
+    return None, maxrss
+
+
+def rss_child(args) -> None:
+    """In a child process: run the 48-config sweep, print its own peak RSS as JSON."""
+    sizes = QUICK if args.quick else Sizes()
+    if args.rss_iters:
+        sizes = dataclasses.replace(sizes, rss_iters=args.rss_iters)
+    device = runs.select_device(args.device)
+    data = make_data(sizes, args.data_dir)
+    configs = rss_configs(sizes)
+    seconds = run_sweep_timed(configs, data, device)
+    hwm, maxrss = peak_rss_bytes()
+    print(json.dumps({"vmhwm_mb": None if hwm is None else hwm / 1e6,
+                      "maxrss_mb": maxrss / 1e6, "configs": len(configs), "seconds": seconds}))
+
+
+def bench_rss(sizes: Sizes, args, say) -> dict:
+    """Peak RSS of a fresh child process that makes the data and runs the 48-config sweep.
+
+    Run before the parent makes its data, so that even ru_maxrss (which a
+    child inherits from its parent at exec on Linux) is the child's own.
+    """
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--rss-child",
+           "--rss-iters", str(sizes.rss_iters)]
+    cmd += ["--quick"] if args.quick else []
+    cmd += ["--device", args.device] if args.device else []
+    cmd += ["--data-dir", args.data_dir] if args.data_dir else []
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the memory child failed (status {proc.returncode}): "
+                           f"{proc.stderr.strip().splitlines()[-1:] or ''}")
+    child = json.loads(proc.stdout.strip().splitlines()[-1])
+    say(f"  48-config sweep in a child: {child['maxrss_mb']:.0f} MB peak RSS, "
+        f"{child['seconds']:.1f} s")
+    return {"sweep48_peak_rss_mb": child["maxrss_mb"], "sweep48_vmhwm_mb": child["vmhwm_mb"],
+            "sweep48_configs": child["configs"],
+            "sweep48_iters": sizes.rss_iters, "sweep48_s": child["seconds"],
+            "sweep48_data_mb": data_bytes(sizes) / 1e6}
+
+
+def data_bytes(sizes: Sizes) -> int:
+    """Bytes of the float32 features and int64 labels."""
+    rows = sizes.num_train + sizes.num_val
+    return rows * (4 * sizes.num_features + 8)
+
+
+def bench_sweep(sizes: Sizes, data32, device, num_configs: int, repeats: int, say) -> dict:
+    """An N-config sweep of the notebook's shape (batch 200): first call and steady state."""
+    base = TrainConfig(hidden_size=sizes.hidden, num_iters=sizes.grid_iters,
+                       batch_size=max(sizes.grid_batches), learning_rate_decay=0.95)
+    configs = sweep.random_configs(num_configs, {"learning_rate": ("log", 2e-4, 2e-3),
+                                                 "reg": ("log", 0.05, 0.5)}, base)
+    clear_jax_caches()
+    first = run_sweep_timed(configs, data32, device)
+    steady = [run_sweep_timed(configs, data32, device) for _ in range(repeats)]
+    N, M = len(data32[0]), len(data32[2])
+    flops = grid_flops(sizes, configs, N, M)
+    out = {"sweep_configs": num_configs, "sweep_tflop": flops / 1e12, "sweep_first_s": first,
+           "sweep_steady_s": median(steady), "sweep_times_s": steady}
+    out["sweep_steady_gflops"] = flops / out["sweep_steady_s"] / 1e9
+    out["sweep_configs_per_s"] = num_configs / out["sweep_steady_s"]
+    say(f"  {num_configs}-config sweep: {first:.1f} s first call, {out['sweep_steady_s']:.1f} s "
+        "steady")
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+TARGETS = [
+    ("single_speedup_f32", ">=", 1.5, "single run: jaxnet vs numpy float32"),
+    ("single_speedup_f64", ">=", 2.8, "single run: jaxnet vs numpy float64"),
+    ("grid_speedup_f64", ">=", 3.0, "grid: jaxnet sweep (with compile) vs numpy float64"),
+    ("grid_peak_fraction", ">=", 0.75, "grid: sweep steady state / matrix peak"),
+    ("sweep48_peak_rss_mb", "<", 3000.0, "48-config sweep peak RSS (MB)"),
+]
+
+
+def report(results: dict) -> str:
+    peak = results.get("peak_gflops")
+    lines = []
+    m = results["machine"]
+    lines.append(f"machine: {m['cpu']}, {m['usable_cores']} of {m['cores']} cores; "
+                 f"numpy {m['numpy']} ({m['blas']}); jax {m['jax']} on {m['device']}")
+    lines.append(f"data: {results['data']}; load average {results['loadavg_start']} at start, "
+                 f"{results['loadavg_end']} at end")
+    busiest = max(results["loadavg_start"][0], results["loadavg_end"][0])
+    if busiest > m["usable_cores"] + 0.5:
+        lines.append(f"warning: load average {busiest:.1f} on {m['usable_cores']} cores: other "
+                     "processes competed for the CPU. numpy's BLAS threads slow down far more "
+                     "than XLA's under contention (up to 5x), so the speedups are overstated; "
+                     "rerun on an idle machine")
+    lines.append(f"FLOPs counted: {FLOP_MODEL}")
+    lines.append("")
+    header = f"{'row':44} {'seconds':>9} {'GFLOP/s':>8} {'% peak':>7} {'speedup':>8}"
+    lines += [header, "-" * len(header)]
+
+    def row(name, seconds_key, gflops_key=None, speedup_key=None, note=""):
+        if seconds_key not in results:
+            return
+        gf = results.get(gflops_key) if gflops_key else None
+        cells = [f"{name:44}", f"{results[seconds_key]:9.2f}",
+                 f"{gf:8.1f}" if gf else f"{'':8}",
+                 f"{100 * gf / peak:6.0f}%" if gf and peak else f"{'':7}",
+                 f"{results[speedup_key]:7.2f}x" if speedup_key in results else f"{'':8}"]
+        lines.append(" ".join(cells) + (f"  {note}" if note else ""))
+
+    if peak:
+        lines.append(f"{'matrix peak (numpy f32 %dx%d)' % ((results['peak_size'],) * 2):44} "
+                     f"{'':9} {peak:8.1f} {100:6.0f}%")
+    row("single: numpy reference float64", "numpy_f64_s", "numpy_f64_gflops")
+    row("single: numpy reference float32", "numpy_f32_s", "numpy_f32_gflops")
+    row("single: jaxnet float32 (steady)", "jaxnet_single_s", "jaxnet_single_gflops",
+        "single_speedup_f32", "speedup vs numpy f32")
+    if "single_speedup_f64" in results:
+        lines.append(f"{'':44} {'':9} {'':8} {'':7} {results['single_speedup_f64']:7.2f}x"
+                     "  speedup vs numpy f64")
+    row("single: jaxnet compile time", "jaxnet_single_compile_s")
+    row(f"grid ({results.get('grid_configs')} configs): numpy float64 sequential",
+        "grid_numpy_f64_s", "grid_numpy_f64_gflops")
+    row("grid: jaxnet run_sweep, with compilation", "grid_jaxnet_s", "grid_jaxnet_gflops",
+        "grid_speedup_f64", "speedup vs numpy f64")
+    row("grid: jaxnet run_sweep, steady state", "grid_jaxnet_steady_s",
+        "grid_jaxnet_steady_gflops", "grid_speedup_f64_steady")
+    if "sweep_configs" in results:
+        row(f"sweep ({results['sweep_configs']} configs, batch 200): first call",
+            "sweep_first_s")
+        row(f"sweep ({results['sweep_configs']} configs): steady state", "sweep_steady_s",
+            "sweep_steady_gflops")
+    if "sweep48_peak_rss_mb" in results:
+        lines.append(f"48-config sweep ({results['sweep48_iters']} iterations) in a child: "
+                     f"peak RSS {results['sweep48_peak_rss_mb']:.0f} MB (ru_maxrss; VmHWM "
+                     f"{results['sweep48_vmhwm_mb'] or 0:.0f} MB); the float32 data alone: "
+                     f"{results['sweep48_data_mb']:.0f} MB")
+    checks = [(key, op, limit, text) for key, op, limit, text in TARGETS if key in results]
+    if checks:
+        lines += ["", "targets:"]
+        for key, op, limit, text in checks:
+            value = results[key]
+            ok = value >= limit if op == ">=" else value < limit
+            lines.append(f"  {'met ' if ok else 'MISS'} {text}: {value:.3g} (target {op} {limit:g})")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args():
+    parser = cli.Parser(description=__doc__)
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
+    parser.add_argument("--repeats", type=cli.positive_int, default=3,
+                        help="repeats of each measurement (the median is reported)")
+    parser.add_argument("--grid-repeats", type=cli.positive_int, default=1,
+                        help="repeats of the grid's numpy reference (~90 s each) and of the "
+                             "sweep's first call")
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS), metavar="LIST",
+                        help=f"comma-separated sections among {', '.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes that run in seconds: checks the harness, not the speed")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
+                        help="device of the jaxnet rows (default: JAX's default device)")
+    parser.add_argument("--sweep-configs", type=cli.positive_int, metavar="N",
+                        help="time an N-config sweep of the notebook's shape (adds 'sweep')")
+    parser.add_argument("--rss-iters", type=cli.positive_int, default=None,
+                        help="iterations of the 48-config memory sweep (default 200; "
+                             "memory does not grow with iterations beyond 4 bytes per "
+                             "config and step of loss history)")
+    parser.add_argument("--data-dir", help="benchmark on CIFAR-10 from this folder instead of "
+                                           "random data of its shape")
+    parser.add_argument("--rss-child", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.rss_child:
+        return rss_child(args)
+    sections = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise ValueError(f"--only: unknown section(s) {', '.join(unknown) or '(none)'}; "
+                         f"choose among {', '.join(SECTIONS)}")
+    if args.sweep_configs and "sweep" not in sections:
+        sections.append("sweep")
+    if "sweep" in sections and not args.sweep_configs:
+        raise ValueError("the 'sweep' section needs --sweep-configs N")
+    sizes = QUICK if args.quick else Sizes()
+    if args.rss_iters:
+        sizes = dataclasses.replace(sizes, rss_iters=args.rss_iters)
+    device = runs.select_device(args.device)
+    say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
+
+    results = {"machine": machine_info(device), "device": str(device),
+               "sections": sections, "quick": args.quick, "repeats": args.repeats,
+               "grid_repeats": args.grid_repeats, "flop_model": FLOP_MODEL,
+               "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    if "rss" in sections:  # first, while this process is still small (see bench_rss)
+        say("peak memory of a 48-config sweep (child process) ...")
+        results.update(bench_rss(sizes, args, say))
+    need_data = any(s in sections for s in ("single", "grid", "sweep"))
+    if need_data:
+        say("making the data ...")
+        data32 = make_data(sizes, args.data_dir)
+        results["data"] = (f"CIFAR-10 from {args.data_dir}" if args.data_dir else
+                           "random float32 normal of CIFAR-10's shape (not real images)")
+        results["data"] += (f": N={len(data32[0])}, D={data32[0].shape[1]}, "
+                            f"M={len(data32[2])} validation rows")
+    else:
+        results["data"] = "none needed"
+    if "single" in sections or "grid" in sections:
+        data64 = (data32[0].astype(np.float64), data32[1], data32[2].astype(np.float64),
+                  data32[3])
+    if "peak" in sections:
+        say("matrix peak ...")
+        results.update(bench_peak(sizes, args.repeats))
+    if "single" in sections:
+        say("single run ...")
+        results.update(bench_single(sizes, data32, data64, device, args.repeats, say))
+    if "grid" in sections:
+        say("notebook grid ...")
+        results.update(bench_grid(sizes, data32, data64, device, args.repeats,
+                                  args.grid_repeats, say))
+    if "sweep" in sections:
+        say(f"{args.sweep_configs}-config sweep ...")
+        results.update(bench_sweep(sizes, data32, device, args.sweep_configs, args.repeats,
+                                   say))
+    if "peak_gflops" in results:
+        for fraction, gflops in (("grid_peak_fraction", "grid_jaxnet_steady_gflops"),
+                                 ("sweep_peak_fraction", "sweep_steady_gflops"),
+                                 ("single_peak_fraction", "jaxnet_single_gflops")):
+            if gflops in results:
+                results[fraction] = results[gflops] / results["peak_gflops"]
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(report(results))
+    if args.json:
+        runs.write_json(Path(args.json), results)
+        print(f"results in {args.json}")
+
+
+if __name__ == "__main__":
+    cli.run(main, extra_errors=(RuntimeError,))

@@ -1,0 +1,87 @@
+"""scripts/bench.py: the harness runs end to end and writes every key (no timing is asserted)."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = REPO / "scripts" / "bench.py"
+
+REQUIRED = ["peak_gflops", "numpy_f64_s", "numpy_f32_s", "jaxnet_single_s",
+            "jaxnet_single_compile_s", "grid_numpy_f64_s", "grid_jaxnet_s",
+            "grid_jaxnet_steady_gflops", "grid_peak_fraction", "sweep48_peak_rss_mb",
+            "single_speedup_f32", "single_speedup_f64", "grid_speedup_f64"]
+
+
+def run_bench(*args, timeout=600):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def quick_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    proc = run_bench("--quick", "--repeats", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_quick_run_writes_every_key_as_a_positive_number(quick_results):
+    results, _ = quick_results
+    for key in REQUIRED:
+        assert key in results, key
+        value = results[key]
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
+        assert math.isfinite(value) and value > 0, (key, value)
+    assert isinstance(results["device"], str) and results["device"]
+
+
+def test_quick_run_describes_the_machine_and_the_flop_count(quick_results):
+    results, stdout = quick_results
+    machine = results["machine"]
+    for key in ("cpu", "cores", "numpy", "jax", "device", "blas"):
+        assert machine[key], key
+    assert "2*B*D*H" in results["flop_model"]
+    assert "random" in results["data"]
+    assert results["sweep48_configs"] == 48
+    # The ratios are the ratios of the reported times.
+    assert results["single_speedup_f32"] == pytest.approx(
+        results["numpy_f32_s"] / results["jaxnet_single_s"])
+    assert results["grid_speedup_f64"] == pytest.approx(
+        results["grid_numpy_f64_s"] / results["grid_jaxnet_s"])
+    assert results["grid_peak_fraction"] == pytest.approx(
+        results["grid_jaxnet_steady_gflops"] / results["peak_gflops"])
+    for row in ("matrix peak", "numpy reference float64", "jaxnet float32", "run_sweep",
+                "peak RSS", "targets:"):
+        assert row in stdout, row
+
+
+def test_flop_count_of_the_notebook_grid_is_about_2_2_tflop():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import bench
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    sizes = bench.Sizes()
+    configs = bench.grid_configs(sizes)
+    assert len(configs) == 12
+    total = bench.grid_flops(sizes, configs, sizes.num_train, sizes.num_val)
+    assert 2.1e12 < total < 2.3e12
+    # One step of the single run: 4*B*D*H + 6*B*H*C.
+    assert bench.step_flops(200, 3072, 50, 10) == 4 * 200 * 3072 * 50 + 6 * 200 * 50 * 10
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--only", "bogus"], "unknown section"),
+    (["--only", "sweep"], "--sweep-configs"),
+    (["--repeats", "0"], "--repeats"),
+])
+def test_bad_arguments_give_one_line_and_status_2(args, message):
+    proc = run_bench(*args, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
