@@ -130,6 +130,16 @@ def block(tree):
 
 # ----------------------------------------------------------------------------- data and machine
 
+def sizes_for(args) -> Sizes:
+    """The notebook's sizes, or tiny ones with --quick (real images keep D = 3072)."""
+    sizes = QUICK if args.quick else Sizes()
+    if args.quick and args.data_dir:
+        sizes = dataclasses.replace(sizes, num_features=Sizes.num_features)
+    if args.rss_iters:
+        sizes = dataclasses.replace(sizes, rss_iters=args.rss_iters)
+    return sizes
+
+
 def make_data(sizes: Sizes, data_dir: str | None, seed: int = 0) -> tuple:
     """(X, y, X_val, y_val) float32: CIFAR-10 from data_dir, or random of its shape."""
     if data_dir:
@@ -335,9 +345,7 @@ def peak_rss_bytes() -> tuple:
 
 def rss_child(args) -> None:
     """In a child process: run the 48-config sweep, print its own peak RSS as JSON."""
-    sizes = QUICK if args.quick else Sizes()
-    if args.rss_iters:
-        sizes = dataclasses.replace(sizes, rss_iters=args.rss_iters)
+    sizes = sizes_for(args)
     device = runs.select_device(args.device)
     data = make_data(sizes, args.data_dir)
     configs = rss_configs(sizes)
@@ -470,7 +478,8 @@ def report(results: dict) -> str:
         for key, op, limit, text in checks:
             value = results[key]
             ok = value >= limit if op == ">=" else value < limit
-            lines.append(f"  {'met ' if ok else 'MISS'} {text}: {value:.3g} (target {op} {limit:g})")
+            verdict = "met " if ok else "MISS"
+            lines.append(f"  {verdict} {text}: {value:.3g} (target {op} {limit:g})")
     return "\n".join(lines)
 
 
@@ -515,9 +524,7 @@ def main():
         sections.append("sweep")
     if "sweep" in sections and not args.sweep_configs:
         raise ValueError("the 'sweep' section needs --sweep-configs N")
-    sizes = QUICK if args.quick else Sizes()
-    if args.rss_iters:
-        sizes = dataclasses.replace(sizes, rss_iters=args.rss_iters)
+    sizes = sizes_for(args)
     device = runs.select_device(args.device)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
 
