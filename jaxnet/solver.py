@@ -343,7 +343,9 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
     return chunk
 
 
-_COMPILED: dict = {}
+# Compiled programs by structure (and shapes), shared by train, the sweeps and the
+# benchmark, which clears it to time compilation.
+COMPILED: dict = {}
 
 
 def compiled_chunk_fn(config: TrainConfig, vmapped: bool = False) -> Callable:
@@ -353,12 +355,12 @@ def compiled_chunk_fn(config: TrainConfig, vmapped: bool = False) -> Callable:
     that share them share one compiled program.
     """
     key = (config.structure(), vmapped)
-    if key not in _COMPILED:
+    if key not in COMPILED:
         fn = make_chunk_fn(config)
         if vmapped:
             fn = jax.vmap(fn, in_axes=(0, 0, 0) + (None,) * 8)
-        _COMPILED[key] = jax.jit(fn, donate_argnums=0)
-    return _COMPILED[key]
+        COMPILED[key] = jax.jit(fn, donate_argnums=0)
+    return COMPILED[key]
 
 
 class TrainResult(NamedTuple):

@@ -145,7 +145,7 @@ def _init_fn(config: TrainConfig, num_features: int, num_classes: int) -> Callab
     cached like the loop, so a second sweep of the same shapes compiles nothing
     (a fresh closure per call recompiled it: ~1-2 s per group)."""
     key = ("init", config.structure(), num_features, num_classes)
-    if key not in solver._COMPILED:
+    if key not in solver.COMPILED:
         def init(hp, decays_before):
             params = model.init_params(jax.random.key(config.seed), num_features,
                                        config.hidden_size, num_classes, hp["std"],
@@ -153,8 +153,8 @@ def _init_fn(config: TrainConfig, num_features: int, num_classes: int) -> Callab
             steps = jnp.arange(decays_before.shape[0])
             lrs = solver.learning_rate_at(config, hp, steps, decays_before)
             return solver.init_state(config, hp, params, lrs), lrs
-        solver._COMPILED[key] = jax.jit(jax.vmap(init, in_axes=(0, None)))
-    return solver._COMPILED[key]
+        solver.COMPILED[key] = jax.jit(jax.vmap(init, in_axes=(0, None)))
+    return solver.COMPILED[key]
 
 
 def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,

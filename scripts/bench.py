@@ -119,7 +119,7 @@ def timed(fn):
 
 def clear_jax_caches():
     """Forget every compiled program, as in a fresh process."""
-    solver._COMPILED.clear()
+    solver.COMPILED.clear()
     jax.clear_caches()
 
 
