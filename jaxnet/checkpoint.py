@@ -13,13 +13,12 @@ import json
 import os
 import tempfile
 import zipfile
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from .validate import check_params
+from .validate import check_params, read_npz
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 FORMAT = "jaxnet-checkpoint-1"
@@ -103,13 +102,8 @@ def load_checkpoint(path, input_size: int | None = None) -> Checkpoint:
         raise ValueError(f"{path} is not a readable jaxnet checkpoint: it is not an .npz (zip) "
                          f"archive; the file is truncated, corrupted or of another format")
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("it holds a single .npy array, not an .npz archive")
-        with data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error,
-            NotImplementedError) as exc:
+        arrays = read_npz(path)
+    except ValueError as exc:
         raise ValueError(f"{path} is not a readable jaxnet checkpoint (.npz): {exc}") from None
     missing = [k for k in PARAM_NAMES + ("meta",) if k not in arrays]
     if missing:

@@ -24,14 +24,13 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
 
-from .validate import check_features, check_labels
+from .validate import check_features, check_labels, read_npz
 
 try:                                    # numpy >= 2
     from numpy._core.multiarray import _reconstruct
@@ -432,15 +431,10 @@ def load_npz(path: str | os.PathLike, dtype=np.float32) -> dict[str, np.ndarray]
     """
     path = Path(path).expanduser()
     try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError("it holds one array; save the splits with np.savez(path, X_train=...)")
-        with npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a readable .npz of plain arrays: {exc}") from None
+        arrays = read_npz(path)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a readable .npz of plain arrays: {exc}; save the "
+                         "splits with np.savez(path, X_train=..., y_train=..., ...)") from None
     splits = ["train", "val"] + (["test"] if "X_test" in arrays or "y_test" in arrays else [])
     missing = [k for s in splits for k in (f"X_{s}", f"y_{s}") if k not in arrays]
     if missing:

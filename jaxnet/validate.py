@@ -8,6 +8,8 @@ names the argument and says what is expected.
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -100,3 +102,23 @@ def check_batch(params, X, y=None, reg: float = 0.0):
     if y is not None:
         y = check_labels(y, X.shape[0], C, "y")
     return X, y, check_nonnegative(reg, "reg")
+
+
+def read_npz(path) -> dict:
+    """All arrays of an untrusted ``.npz`` file, pickles refused.
+
+    Raises FileNotFoundError for a missing file and ValueError saying why any
+    other file cannot be read (truncated, corrupted, a single .npy array, ...).
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds one array (a .npy file), not an .npz archive of named "
+                             "arrays")
+        with data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error,
+            NotImplementedError) as exc:
+        raise ValueError(str(exc)) from None
