@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from .arrays import aligned_empty
 from .validate import check_features, check_labels, read_npz
 
 try:                                    # numpy >= 2
@@ -322,11 +323,12 @@ def _load_split(folder: Path, names: tuple[str, ...], dtype: np.dtype,
     so memory stays near one copy of the output plus one raw batch. A batch of n
     rows needs at least n * 3072 bytes of file, so the file sizes bound the rows;
     ``np.empty`` only reserves address space, and rows never filled cost nothing.
+    The array is 64-byte aligned, so training uses it without a copy (``jaxnet.arrays``).
     """
     paths = [folder / name for name in names]
     capacity = sum(p.stat().st_size // NUM_PIXELS for p in paths if p.is_file())
     capacity = capacity if limit is None else min(capacity, limit)
-    images = np.empty((capacity,) + IMAGE_SHAPE, dtype)
+    images = aligned_empty((capacity,) + IMAGE_SHAPE, dtype)
     labels, count = [], 0
     for path in paths:
         if limit is not None and count >= limit:

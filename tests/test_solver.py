@@ -6,6 +6,7 @@ import pytest
 
 from jaxnet import TwoLayerNet, model, reference, solver
 from jaxnet.solver import TrainConfig
+from jaxnet.validate import check_features
 
 
 def separable(seed=0, N=200, D=20, C=3, num_val=60):
@@ -303,6 +304,8 @@ def bad_data_cases():
     X, y = rng.randn(10, 4).astype(np.float32), rng.randint(0, 3, 10)
     X_nan = X.copy()
     X_nan[2, 1] = np.nan
+    X_inf = X.copy()
+    X_inf[[1, 7], [0, 3]] = [np.inf, -np.inf]
     return [
         ("negative label", (X, np.where(np.arange(10) == 3, -1, y), X, y), None, "y_train"),
         ("label >= C", (X, np.where(np.arange(10) == 3, 3, y), X, y), 3, r"y_train.*\[0, 2\]"),
@@ -310,6 +313,7 @@ def bad_data_cases():
         ("float labels", (X, y.astype(float), X, y), None, "astype"),
         ("labels too few", (X, y[:9], X, y), None, "y_train has 9 labels"),
         ("NaN in X_train", (X_nan, y, X, y), None, "X_train contains 1 NaN"),
+        ("infinities in X_val", (X, y, X_inf, y), None, "X_val contains 2 NaN or infinite"),
         ("X_val wrong D", (X, y, X[:, :3], y), None, "X_val has 3 features"),
         ("3-D X_train", (X.reshape(10, 2, 2), y, X, y), None, "X_train must be 2-D"),
         ("empty X_val", (X, y, X[:0], y[:0]), None, "X_val is empty"),
@@ -325,6 +329,16 @@ def test_bad_data_raises_a_clear_value_error(case):
     config = TrainConfig(hidden_size=5, num_iters=3, batch_size=4)
     with pytest.raises(ValueError, match=message):
         solver.train(X, y, X_val, y_val, config, params=params)
+
+
+def test_finite_values_whose_sum_overflows_are_accepted():
+    big = np.full((4, 3), np.finfo(np.float32).max, np.float32)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(big.sum())
+    assert check_features(big, "X") is big
+    big[1, 2] = np.nan
+    with pytest.raises(ValueError, match="X contains 1 NaN or infinite values"):
+        check_features(big, "X")
 
 
 def test_params_that_do_not_fit_the_data_are_refused():
