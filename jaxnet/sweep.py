@@ -9,13 +9,13 @@ wide product ``(B, D) @ (D, K*H)`` that runs near the machine's matrix peak.
 
 The config axis is sharded over all local devices; a group larger than the
 memory budget is trained in chunks. Each config's result equals training it
-alone with ``solver.train`` (same seed), up to float rounding.
+alone with ``solver.train`` (same seed, same ``input_transform``), up to float
+rounding.
 """
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import time
 from typing import Callable, NamedTuple, Sequence
 
@@ -42,13 +42,13 @@ def grid(base: TrainConfig = TrainConfig(), **values: Sequence) -> list[TrainCon
             for combo in itertools.product(*(values[n] for n in names))]
 
 
-def random_configs(n: int, ranges: dict, base: TrainConfig = TrainConfig(),
-                   seed: int = 0) -> list[TrainConfig]:
-    """``n`` configs with fields drawn independently from ``ranges``.
+def random_draws(n: int, ranges: dict, seed: int = 0) -> list[dict]:
+    """``n`` dicts of values drawn independently from ``ranges``, one draw per name.
 
     Each range is ``("log", low, high)`` (log-uniform), ``("uniform", low,
-    high)``, ``("int", low, high)`` (inclusive) or a list of choices. The same
-    seed gives the same configs.
+    high)``, ``("int", low, high)`` (inclusive) or a list of choices. Names are
+    drawn in the order of ``ranges``, so adding a name at the end leaves the
+    earlier names' draws unchanged. The same seed gives the same draws.
     """
     rng = np.random.RandomState(seed)
     columns = {}
@@ -65,7 +65,13 @@ def random_configs(n: int, ranges: dict, base: TrainConfig = TrainConfig(),
         else:
             raise ValueError(f"unknown range kind {kind!r} for {name}; "
                              "use 'log', 'uniform', 'int' or a list of choices")
-    return [dataclasses.replace(base, **{k: v[i] for k, v in columns.items()}) for i in range(n)]
+    return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+
+
+def random_configs(n: int, ranges: dict, base: TrainConfig = TrainConfig(),
+                   seed: int = 0) -> list[TrainConfig]:
+    """``n`` configs with fields drawn independently from ``ranges`` (see ``random_draws``)."""
+    return [dataclasses.replace(base, **draw) for draw in random_draws(n, ranges, seed)]
 
 
 def group_configs(configs: Sequence[TrainConfig]) -> list[list[int]]:
@@ -77,13 +83,18 @@ def group_configs(configs: Sequence[TrainConfig]) -> list[list[int]]:
 
 
 def estimate_memory(config: TrainConfig, num_configs: int, num_features: int,
-                    num_classes: int, data_bytes: int) -> int:
+                    num_classes: int, data_bytes: int, input_size: int | None = None) -> int:
     """Bytes a group of ``num_configs`` needs: the data plus, per config, params,
     best params, gradients and optimizer state, the per-step activations and the
-    learning-rate schedule."""
+    learning-rate schedule.
+
+    ``input_size``: the network's inputs per row, k, when an input transform maps
+    the ``num_features`` of a row to k (W1 is (k, H)); default ``num_features``.
+    """
     itemsize = np.dtype(config.dtype).itemsize
     H, B = config.hidden_size, config.batch_size
-    param_count = num_features * H + H + H * num_classes + num_classes
+    k = num_features if input_size is None else input_size
+    param_count = k * H + H + H * num_classes + num_classes
     copies = 3 + OPTIMIZER_SLOTS[config.optimizer]  # params, best, grads, optimizer slots
     activations = 4 * B * (H + num_classes)          # forward and backward, with margin
     per_config = itemsize * (copies * param_count + activations + config.num_iters)
@@ -112,10 +123,18 @@ class SweepResult(NamedTuple):
     best_params: dict | None
 
 
+def _input_size(X: np.ndarray, transform: tuple | None) -> int:
+    """The network's inputs per row: D of X (N, D), or k of the transform's matrix."""
+    return X.shape[1] if transform is None else transform[1].shape[-1]
+
+
 def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Schedule,
-                 mesh: Mesh, chunk_size: int, progress: Callable | None):
+                 mesh: Mesh, chunk_size: int, progress: Callable | None,
+                 transform: tuple | None):
     """Train one chunk of a group (same structure) under vmap, sharded over ``mesh``.
 
+    ``transform`` (mean (D,), matrix (D, k) or (D,)) is applied to each augmented
+    minibatch inside the loop, shared by every config (not vmapped).
     Returns per-config final and best params (numpy, K leading axis), histories
     (K dicts) and best validation accuracies (K,).
     """
@@ -129,11 +148,15 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
           for name in TrainConfig.CONTINUOUS}
     X, X_val = (solver.device_array(a, dtype, replicated) for a in (data[0], data[2]))
     y, y_val = (jax.device_put(a, replicated) for a in (data[1], data[3]))
-    num_features, num_classes = X.shape[1], int(max(np.max(data[1]), np.max(data[3]))) + 1
-    state, lrs = _init_fn(config, num_features, num_classes)(hp, schedule.decays_before)
+    if transform is not None:
+        transform = tuple(jax.device_put(np.asarray(a, dtype), replicated) for a in transform)
+    num_classes = int(max(np.max(data[1]), np.max(data[3]))) + 1
+    state, lrs = _init_fn(config, _input_size(data[0], transform), num_classes)(
+        hp, schedule.decays_before)
     chunk_fn = solver.compiled_chunk_fn(config, vmapped=True)
     state, histories, best_val_acc = solver.run_chunks(
-        chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress)
+        chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress,
+        transform)
     K = len(configs)
     params, best_params = ({k: np.asarray(v)[:K] for k, v in tree.items()}
                            for tree in (state.params, state.best_params))
@@ -157,10 +180,38 @@ def _init_fn(config: TrainConfig, num_features: int, num_classes: int) -> Callab
     return solver.COMPILED[key]
 
 
+def _check_transform(input_transform, num_features: int) -> tuple | None:
+    """``input_transform`` as numpy (mean (D,), matrix (D, k) or (D,)), checked against D."""
+    if input_transform is None:
+        return None
+    mean, matrix = (np.asarray(a) for a in input_transform)
+    if (mean.shape != (num_features,) or matrix.ndim not in (1, 2)
+            or matrix.shape[0] != num_features):
+        raise ValueError(f"input_transform must be (mean (D,), matrix (D, k) or (D,)) with "
+                         f"D = {num_features}; got shapes {mean.shape} and {matrix.shape}")
+    return mean, matrix
+
+
+def _group_inputs(transform: tuple | None, augments: bool, X, X_val) -> tuple:
+    """(X, X_val, in-loop transform) of a group, prepared as ``solver.train`` does.
+
+    X_val is transformed once. Augmentation acts on image rows, so a group that
+    flips or shifts transforms each minibatch after augmenting it; otherwise X
+    is transformed once, up front, and the loop needs no transform.
+    """
+    if transform is None:
+        return X, X_val, None
+    dtype = transform[0].dtype
+    X_val = solver.apply_transform(transform, np.asarray(X_val, dtype))
+    if augments:
+        return X, X_val, transform
+    return solver.apply_transform(transform, np.asarray(X, dtype)), X_val, None
+
+
 def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
               max_memory: float | None = None, devices: Sequence | None = None,
               chunk_size: int = 100, progress: Callable | None = None,
-              keep_params: bool = False) -> SweepResult:
+              keep_params: bool = False, input_transform: tuple | None = None) -> SweepResult:
     """Train every config; return their results and the best config's params.
 
     X: (N, D), y: (N,); X_val: (M, D), y_val: (M,). ``max_memory`` (bytes)
@@ -169,11 +220,21 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     compiled chunks. A config whose loss becomes NaN or infinite is marked
     "diverged" and never chosen as best; the others are unaffected.
     ``keep_params`` keeps every config's final params in its result.
+    ``input_transform`` (mean (D,), matrix (D, k) or (D,)) maps rows to the
+    networks' inputs ``(X - mean) @ matrix`` exactly as in ``solver.train``, so
+    W1 is (k, H) and the params expect transformed rows.
     """
     configs = [c.validate() for c in configs]
     if not configs:
         raise ValueError("the sweep has no configs")
     num_classes = solver.check_data(X, y, X_val, y_val)
+    transform = _check_transform(input_transform, np.shape(X)[1])
+    if (any(c.flip or c.translate for c in configs)
+            and np.shape(X)[1] != solver.AUGMENTABLE_FEATURES):
+        raise ValueError(f"flip and translate need rows of 32x32x3 images "
+                         f"({solver.AUGMENTABLE_FEATURES} features); X_train has "
+                         f"{np.shape(X)[1]}")
+    inputs: dict = {}  # _group_inputs by whether a group augments, each made once
     devices = list(devices or jax.local_devices())
     mesh = Mesh(np.array(devices), ("configs",))
     results: list = [None] * len(configs)
@@ -182,11 +243,15 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     for g, indices in enumerate(groups):
         config = configs[indices[0]]
         dtype = np.dtype(config.dtype)
+        augments = bool(config.flip or config.translate)
+        if augments not in inputs:
+            inputs[augments] = _group_inputs(transform, augments, X, X_val)
+        X_in, X_val_in, loop_transform = inputs[augments]
         with jax.enable_x64(dtype == np.float64):
-            data = (np.asarray(X, dtype), np.asarray(y, np.int32),
-                    np.asarray(X_val, dtype), np.asarray(y_val, np.int32))
-            per_chunk = _configs_per_chunk(config, len(indices), data, num_classes,
-                                           max_memory, len(devices))
+            data = (np.asarray(X_in, dtype), np.asarray(y, np.int32),
+                    np.asarray(X_val_in, dtype), np.asarray(y_val, np.int32))
+            per_chunk = _configs_per_chunk(config, len(indices), data, loop_transform,
+                                           num_classes, max_memory, len(devices))
             schedule = solver.make_schedule(len(X), config.batch_size, config.num_iters,
                                             seed=config.seed)
             for start in range(0, len(indices), per_chunk):
@@ -195,7 +260,8 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
                     lambda done, total, _, g=g: progress(g, len(groups), done, total))
                 t0 = time.perf_counter()
                 params, best_params, histories, best_val = _train_chunk(
-                    [configs[i] for i in chunk], data, schedule, mesh, chunk_size, report)
+                    [configs[i] for i in chunk], data, schedule, mesh, chunk_size, report,
+                    loop_transform)
                 seconds = (time.perf_counter() - t0) / len(chunk)
                 for k, (i, history) in enumerate(zip(chunk, histories)):
                     diverged = not np.all(np.isfinite(history["loss_history"]))
@@ -209,31 +275,38 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     return SweepResult(results, best[0], best[2])
 
 
-def _configs_per_chunk(config: TrainConfig, group_size: int, data: tuple, num_classes: int,
-                       max_memory: float | None, num_devices: int) -> int:
+def _configs_per_chunk(config: TrainConfig, group_size: int, data: tuple,
+                       transform: tuple | None, num_classes: int, max_memory: float | None,
+                       num_devices: int) -> int:
     """How many configs of a group train together: all, or as many as ``max_memory`` allows
     (rounded down to a multiple of the device count when possible)."""
     if max_memory is None:
         return group_size
-    data_bytes = sum(a.nbytes for a in data)
-    num_features = data[0].shape[1]
-    one = estimate_memory(config, 1, num_features, num_classes, data_bytes)
+    data_bytes = sum(a.nbytes for a in data + tuple(transform or ()))
+    num_features, input_size = data[0].shape[1], _input_size(data[0], transform)
+    one = estimate_memory(config, 1, num_features, num_classes, data_bytes, input_size)
     if one > max_memory:
         raise ValueError(f"one config of hidden size {config.hidden_size} needs about "
                          f"{one / 2**20:.0f} MiB with the data, more than max_memory "
                          f"{max_memory / 2**20:.0f} MiB")
-    per_config = estimate_memory(config, 2, num_features, num_classes, data_bytes) - one
+    per_config = estimate_memory(config, 2, num_features, num_classes, data_bytes,
+                                 input_size) - one
     fit = int((max_memory - one) // per_config) + 1
     if fit >= num_devices:
         fit -= fit % num_devices
     return max(1, min(group_size, fit))
 
 
-def results_table(result: SweepResult) -> list[dict]:
-    """One flat dict per config (hyperparameters and outcome), sorted by val_acc, best first."""
+def results_table(result: SweepResult, preprocess: Sequence[str] | None = None) -> list[dict]:
+    """One flat dict per config (hyperparameters and outcome), sorted by val_acc, best first.
+
+    ``preprocess``: each config's preprocessing kind, in input order, shown in a
+    ``preprocess`` column after the hyperparameters.
+    """
     rows = []
     for index, r in enumerate(result.results):
-        rows.append({"index": index, **dataclasses.asdict(r.config), "status": r.status,
+        kind = {} if preprocess is None else {"preprocess": preprocess[index]}
+        rows.append({"index": index, **dataclasses.asdict(r.config), **kind, "status": r.status,
                      "val_acc": r.val_acc, "final_val_acc": r.final_val_acc,
                      "train_acc": r.final_train_acc, "final_loss": r.final_loss,
                      "seconds": r.seconds})

@@ -11,19 +11,22 @@ Random search: --random N draws N configs; --NAME-range LOW:HIGH[:KIND] sets
 a field's range, KIND being log (default for learning rate, reg, weight
 decay, std), uniform or int; fields without a range keep their (single) value.
   --random 40 --learning-rate-range 1e-4:1e-2 --reg-range 1e-3:1
-Configs that share hidden size, batch size, iterations, optimizer, schedule
-and seed train together in one compiled program (a group), with the same
-minibatches; the sweep's result for a config equals `scripts/train.py` with
-the same flags.
+Preprocessing: --preprocess none,standardize,zca is one more grid dimension;
+with --random each config draws its kind from the list. Each kind is fitted
+once on the training split (--pca-components, --whiten-eps as in train.py).
+Configs that share hidden size, batch size, iterations, optimizer, schedule,
+seed and preprocessing train together in one compiled program (a group), with
+the same minibatches; the sweep's result for a config equals `scripts/train.py`
+with the same flags.
 
 Writes to --out (default sweeps/<date-time>): results.csv and results.json
 (every config, sorted by validation accuracy), heatmap.png (validation
 accuracy over the two most varied hyperparameters), and best/, a run folder
-like train.py's for the best config (params.npz, plots, metrics.json).
+like train.py's for the best config (params.npz with the mean image and the
+fitted preprocessing, so scripts/predict.py can use it; plots, metrics.json).
+With --preprocess the tables have a preprocess column.
 """
-import csv
 import dataclasses
-import io
 import sys
 import time
 from pathlib import Path
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from jaxnet import cli, runs, sweep  # noqa: E402
+from jaxnet import cli, runs, search, sweep  # noqa: E402
 from jaxnet.data import DownloadError  # noqa: E402
 from jaxnet.plots import plot_heatmap  # noqa: E402
 from jaxnet.solver import TrainConfig  # noqa: E402
@@ -53,20 +56,10 @@ def parse_list(field: dataclasses.Field, text: str) -> list:
 
 
 def parse_range(field: dataclasses.Field, text: str) -> tuple:
-    """'1e-4:1e-2[:log|uniform|int]' -> ('log', 0.0001, 0.01)."""
-    parts = text.split(":")
+    """'1e-4:1e-2[:log|uniform|int]' -> ('log', 0.0001, 0.01); KIND defaults by field."""
     default_kind = ("log" if field.name in LOG_FIELDS else
                     "int" if isinstance(field.default, int) else "uniform")
-    kind = parts[2] if len(parts) == 3 else default_kind
-    try:
-        low, high = float(parts[0]), float(parts[1])
-    except (ValueError, IndexError):
-        raise ValueError(f"{cli.flag(field.name)}-range must be LOW:HIGH[:KIND]; got {text!r}") \
-            from None
-    if kind not in ("log", "uniform", "int") or not low <= high or (kind == "log" and low <= 0):
-        raise ValueError(f"{cli.flag(field.name)}-range {text!r}: need LOW <= HIGH (> 0 for log) "
-                         "and KIND log, uniform or int")
-    return (kind, int(low), int(high)) if kind == "int" else (kind, low, high)
+    return search.parse_range(field.name, text, default_kind)
 
 
 def parse_args():
@@ -78,16 +71,19 @@ def parse_args():
                            dest=field.name, metavar="V[,V...]",
                            help=f"{cli.CONFIG_HELP[field.name]} (default: "
                                 f"{NOTEBOOK_GRID.get(field.name, getattr(NOTEBOOK_BASE, field.name))})")
-    search = parser.add_argument_group("random search")
-    search.add_argument("--random", type=cli.positive_int, metavar="N",
-                        help="draw N random configs from the --NAME-range flags")
-    search.add_argument("--search-seed", type=int, default=0, help="seed of the random draws")
+    group = parser.add_argument_group("random search")
+    group.add_argument("--random", type=cli.positive_int, metavar="N",
+                       help="draw N random configs from the --NAME-range flags")
+    group.add_argument("--search-seed", type=int, default=0, help="seed of the random draws")
     for field in fields:
         if field.name not in ("optimizer", "schedule", "dtype", "flip"):
-            search.add_argument(cli.flag(field.name) + "-range",
-                                *[alias + "-range" for alias in ALIASES.get(field.name, [])],
-                                dest=field.name + "_range",
-                                metavar="LOW:HIGH[:KIND]", help=f"range of {field.name}")
+            group.add_argument(cli.flag(field.name) + "-range",
+                               *[alias + "-range" for alias in ALIASES.get(field.name, [])],
+                               dest=field.name + "_range",
+                               metavar="LOW:HIGH[:KIND]", help=f"range of {field.name}")
+    search.add_preprocess_arguments(
+        parser, "comma-separated preprocessing kinds: a grid dimension, or with --random "
+                "drawn per config (default: none, and no preprocess column)")
     cli.add_data_arguments(parser)
     parser.add_argument("--out", help="output folder (default: sweeps/<date-time>)")
     parser.add_argument("--max-memory", type=float, metavar="MB",
@@ -97,8 +93,10 @@ def parse_args():
     return parser.parse_args()
 
 
-def build_configs(args) -> list:
-    """The configs the flags describe: a grid, or --random draws within the ranges."""
+def build_configs(args) -> tuple[list, list]:
+    """The configs the flags describe, a grid or --random draws within the ranges, and
+    each config's preprocessing kind."""
+    kinds = search.parse_kinds(args.preprocess or "none")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     values = {name: parse_list(fields[name], getattr(args, name))
               for name in fields if getattr(args, name) is not None}
@@ -114,63 +112,60 @@ def build_configs(args) -> list:
         if clash:
             raise ValueError(f"{', '.join(clash)}: give either a list or a range, not both")
         base = dataclasses.replace(NOTEBOOK_BASE, **{n: v[0] for n, v in values.items()})
-        return sweep.random_configs(args.random, ranges, base, args.search_seed)
+        # The kinds are drawn last, so --preprocess leaves the drawn configs as they were.
+        return search.random_preprocessed(args.random, {**ranges, "preprocess": kinds}, base,
+                                          args.search_seed)
     lists = {**{n: parse_list(fields[n], t) for n, t in NOTEBOOK_GRID.items()}, **values}
-    return sweep.grid(NOTEBOOK_BASE, **lists)
-
-
-def write_csv(path: Path, rows: list) -> None:
-    """The results table as CSV, one row per config, written atomically."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    runs.atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+    configs = sweep.grid(NOTEBOOK_BASE, **lists)
+    return ([c for _ in kinds for c in configs],
+            [kind for kind in kinds for _ in configs])
 
 
 def main():
     args = parse_args()
-    configs = [c.validate() for c in build_configs(args)]
+    configs, kinds = build_configs(args)
+    configs = [c.validate() for c in configs]
     device = runs.select_device(args.device)
     devices = [d for d in jax.local_devices() if d.platform == device.platform]
     dataset = runs.load_dataset(args)
+    transforms = search.fit_transforms(kinds, dataset["X_train"], args.pca_components,
+                                       args.whiten_eps)
     out = Path(args.out or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S"))
-    num_groups = len(sweep.group_configs(configs))
+    num_groups = sum(search.count_groups(configs, kinds).values())
     print(f"{len(configs)} configs in {num_groups} groups on {len(devices)} "
           f"{device.platform} device(s)", file=sys.stderr)
 
     bar = cli.ProgressBar("sweep")
     start = time.perf_counter()
     with jax.default_device(device):
-        result = sweep.run_sweep(
-            configs, dataset["X_train"], dataset["y_train"], dataset["X_val"], dataset["y_val"],
+        result = search.sweep_preprocessed(
+            configs, kinds, dataset, transforms,
             max_memory=None if args.max_memory is None else args.max_memory * 2**20,
             devices=devices,
             progress=lambda g, n, done, total: bar.update(done, total,
                                                           f"group {g + 1}/{n} iteration {done}"))
         bar.finish()
         wall_s = time.perf_counter() - start
-        rows = sweep.results_table(result)
-        out.mkdir(parents=True, exist_ok=True)
-        write_csv(out / "results.csv", rows)
-        runs.write_json(out / "results.json", {"wall_s": wall_s, "results": rows})
+        rows = sweep.results_table(result, kinds if args.preprocess else None)
+        search.write_results(out, rows, wall_s=wall_s)
         plot_heatmap(rows, out / "heatmap.png")
         if result.best_index is None:
             raise ValueError(f"every config diverged; results in {out}")
-        best = result.results[result.best_index]
-        metrics = runs.evaluate(result.best_params, dataset, args.eval_test, args.num_test)
-    metrics.update(best_val_acc=best.val_acc, sweep_wall_s=wall_s, device=str(device))
-    runs.write_run(out / "best", dataclasses.asdict(best.config), result.best_params,
-                   best.history, metrics)
+        best, kind = result.results[result.best_index], kinds[result.best_index]
+        metrics = search.save_run(out / "best", best.config, kind, transforms[kind],
+                                  result.best_params, best.history, dataset, args.eval_test,
+                                  args.num_test, best_val_acc=best.val_acc,
+                                  sweep_wall_s=wall_s, device=str(device))
 
-    varied = [n for n in TrainConfig.CONTINUOUS + TrainConfig.STRUCTURE
-              if len({row[n] for row in rows}) > 1]
+    best_row = next(row for row in rows if row["index"] == result.best_index)
+    varied = [n for n in TrainConfig.CONTINUOUS + TrainConfig.STRUCTURE + ("preprocess",)
+              if n in best_row and len({row[n] for row in rows}) > 1]
     columns = varied + ["status", "val_acc", "train_acc", "final_loss"]
     print("  ".join(f"{c:>13}" for c in columns))
     for row in rows[:args.top]:
         print("  ".join(f"{row[c]:>13.4g}" if isinstance(row[c], float) else f"{row[c]!s:>13}"
                         for c in columns))
-    print(f"best: {', '.join(f'{n}={getattr(best.config, n)}' for n in varied)}: "
+    print(f"best: {', '.join(f'{n}={best_row[n]}' for n in varied)}: "
           + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("_acc"))
           + f"  ({len(configs)} configs in {wall_s:.1f} s)")
     print(f"results in {out}/ (results.csv, results.json, heatmap.png, best/)")

@@ -7,11 +7,10 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import numpy as np
 import pytest
 
-from jaxnet import solver, sweep
+from jaxnet import preprocess, solver, sweep
 from jaxnet.data import get_CIFAR10_data
 from jaxnet.solver import TrainConfig
 from conftest import REPO
@@ -25,8 +24,8 @@ def fixture_data(cifar_fixture):
     return d["X_train"] / 64, d["y_train"], d["X_val"] / 64, d["y_val"]
 
 
-def assert_matches_solo(result, data, tol):
-    solo = solver.train(*data, result.config)
+def assert_matches_solo(result, data, tol, input_transform=None):
+    solo = solver.train(*data, result.config, input_transform=input_transform)
     np.testing.assert_allclose(result.history["loss_history"], solo.history["loss_history"],
                                rtol=0, atol=tol)
     for name in ("W1", "b1", "W2", "b2"):
@@ -55,6 +54,34 @@ def test_sweep_configs_equal_solo_runs_float64(fixture_data):
     assert result.results[0].params["W1"].dtype == np.float64
     for r in result.results:
         assert_matches_solo(r, fixture_data, 1e-10)
+
+
+@pytest.mark.parametrize("kind", ["standardize", "pca"])
+def test_sweep_with_input_transform_equals_solo_runs(fixture_data, kind):
+    """Augmenting groups transform each minibatch in the loop, the others X up front."""
+    transform = preprocess.fit(kind, fixture_data[0], k=20)
+    arrays = (transform.mean, transform.matrix)
+    configs = sweep.grid(BASE, learning_rate=[1e-4, 3e-4], flip=[False, True])
+    result = sweep.run_sweep(configs, *fixture_data, keep_params=True, input_transform=arrays)
+    assert len(sweep.group_configs(configs)) == 2
+    for r in result.results:
+        assert r.params["W1"].shape == (transform.output_size, BASE.hidden_size)
+        assert_matches_solo(r, fixture_data, 1e-5, input_transform=arrays)
+    assert result.best_params["W1"].shape == (transform.output_size, BASE.hidden_size)
+
+
+def test_sweep_input_transform_shapes_are_checked(fixture_data):
+    transform = preprocess.fit("pca", fixture_data[0], k=20)
+    with pytest.raises(ValueError, match="input_transform must be"):
+        sweep.run_sweep([BASE], *fixture_data, input_transform=(transform.mean[:5],
+                                                                 transform.matrix))
+
+
+def test_memory_estimate_counts_the_transformed_input_size():
+    full = sweep.estimate_memory(BASE, 1, 3072, 10, 0)
+    reduced = sweep.estimate_memory(BASE, 1, 3072, 10, 0, input_size=20)
+    # params, best params and gradients (SGD keeps no slots) of W1, float32
+    assert full - reduced == 4 * 3 * (3072 - 20) * BASE.hidden_size
 
 
 def test_diverging_config_is_marked_and_others_unaffected(fixture_data):
@@ -181,6 +208,32 @@ def test_sweep_script_random_search(tmp_path):
     assert len(lrs) == 5 and all(1e-3 <= lr <= 1e-1 for lr in lrs)
 
 
+def test_sweep_script_preprocess_grid_saves_a_predict_ready_best(cifar_fixture, tmp_path):
+    out = tmp_path / "pre"
+    proc = run_sweep_script("--data-dir", str(cifar_fixture), "--num-training", "150",
+                            "--num-validation", "50", "--num-test", "100", "--num-iters", "30",
+                            "--batch-size", "25", "--hidden-size", "8", "--lr", "1e-4,1e-3",
+                            "--reg", "0", "--std", "1e-3", "--preprocess", "standardize,pca",
+                            "--pca-components", "20", "--eval-test", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted((r["preprocess"], float(r["learning_rate"])) for r in rows) == [
+        ("pca", 1e-4), ("pca", 1e-3), ("standardize", 1e-4), ("standardize", 1e-3)]
+    config = json.load(open(out / "best" / "config.json"))
+    assert config["preprocess"] == rows[0]["preprocess"]
+    classifier = preprocess.load_classifier(out / "best" / "params.npz")
+    assert classifier.transform.kind == config["preprocess"]
+    assert classifier.params["W1"].shape == (classifier.transform.output_size, 8)
+    metrics = json.load(open(out / "best" / "metrics.json"))
+    # Measured on the preprocessed splits, the best params give the accuracy they were chosen by.
+    assert metrics["val_acc"] == metrics["best_val_acc"] == float(rows[0]["val_acc"])
+    raw = get_CIFAR10_data(cifar_fixture, num_training=150, num_validation=50, num_test=100,
+                           subtract_mean=False)
+    predicted = classifier.probabilities(raw["X_test"]).argmax(axis=1)
+    assert np.mean(predicted == raw["y_test"]) == pytest.approx(metrics["test_acc"])
+    assert f"preprocess={config['preprocess']}" in proc.stdout
+
+
 @pytest.mark.parametrize("args,message", [
     (["--lr", "abc"], "cannot parse"),
     (["--batch-size", "0"], "batch_size must be an integer >= 1"),
@@ -189,6 +242,7 @@ def test_sweep_script_random_search(tmp_path):
     (["--random", "3", "--lr-range", "1e-2:1e-4"], "LOW <= HIGH"),
     (["--optimizer", "foo"], "optimizer must be one of"),
     (["--bogus"], "unrecognized arguments"),
+    (["--preprocess", "none,whiten"], "--preprocess takes a comma-separated list of"),
 ])
 def test_sweep_script_bad_flags_one_line(args, message, tmp_path):
     proc = run_sweep_script(*args, "--data", str(tmp_path / "missing.npz"))

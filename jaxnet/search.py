@@ -1,0 +1,368 @@
+"""Hyperparameter search over preprocessing too, and the staged search behind the best preset.
+
+A config of a search comes with a preprocessing kind: "none" (the mean-
+subtracted rows as they are) or one of ``preprocess.KINDS``. Each kind is
+fitted once on the training rows (``fit_transforms``), and the configs of a
+kind train as one ``sweep.run_sweep`` with that transform
+(``sweep_preprocessed``); the results come back merged, in input order.
+
+``run_search`` is the staged random search that found the ``best`` preset
+(``SearchPlan`` holds its settings; the defaults are that search):
+
+1. coarse: short runs of a 1000-unit net, learning rate, dropout, shifts and
+   preprocessing drawn from wide ranges;
+2. narrow: ranges around the coarse stage's top configs (``narrow_ranges``),
+   a 2000-unit net and longer runs;
+3. final: the narrow stage's winner trained for the full budget at a few
+   learning-rate scales (a longer run usually prefers a smaller rate); the
+   best of these by validation accuracy is the answer.
+
+The draws come from ``SearchPlan.seed`` and training is deterministic, so the
+same plan gives the same search. Each stage writes its results as soon as it
+ends, so nothing is lost when a later stage fails.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import shlex
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from . import cli, preprocess, runs, sweep
+from .solver import PRESETS, TrainConfig
+
+CHOICES = ("none",) + preprocess.KINDS
+BASE = TrainConfig(batch_size=200, reg=0.0, optimizer="adam", schedule="cosine", flip=True)
+COARSE_RANGES = {"learning_rate": ("log", 5e-5, 3e-3), "dropout": ("uniform", 0.0, 0.6),
+                 "translate": ("int", 0, 2)}
+# Dropout above this leaves too few units of a narrow net; TrainConfig needs < 1.
+MAX_DROPOUT = 0.9
+
+
+def add_preprocess_arguments(parser, kinds_help: str, default: str | None = None) -> None:
+    """--preprocess KIND[,KIND...], --pca-components, --whiten-eps (as scripts/train.py's)."""
+    group = parser.add_argument_group("preprocessing (fitted on the training split)")
+    group.add_argument("--preprocess", metavar="KIND[,KIND...]", default=default,
+                       help=f"{kinds_help}; kinds: {', '.join(CHOICES)}")
+    group.add_argument("--pca-components", type=cli.positive_int, default=400,
+                       help="dimensions kept by pca")
+    group.add_argument("--whiten-eps", type=float,
+                       help="zca: eps relative to the mean variance (default 0.01); "
+                            "pca: whiten with this eps (default: no whitening)")
+
+
+def parse_kinds(text: str) -> list[str]:
+    """'none,zca' -> ['none', 'zca']: preprocessing kinds, each one of ``CHOICES``, once."""
+    kinds = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+    unknown = [kind for kind in kinds if kind not in CHOICES]
+    if unknown or not kinds:
+        raise ValueError(f"--preprocess takes a comma-separated list of {', '.join(CHOICES)}; "
+                         f"got {text!r}")
+    return kinds
+
+
+def parse_range(name: str, text: str, default_kind: str) -> tuple:
+    """'1e-4:1e-2[:log|uniform|int]' -> ('log', 0.0001, 0.01), the range of field ``name``."""
+    parts = text.split(":")
+    kind = parts[2] if len(parts) == 3 else default_kind
+    try:
+        low, high = float(parts[0]), float(parts[1])
+    except (ValueError, IndexError):
+        raise ValueError(f"{cli.flag(name)}-range must be LOW:HIGH[:KIND]; got {text!r}") from None
+    if kind not in ("log", "uniform", "int") or not low <= high or (kind == "log" and low <= 0):
+        raise ValueError(f"{cli.flag(name)}-range {text!r}: need LOW <= HIGH (> 0 for log) "
+                         "and KIND log, uniform or int")
+    return (kind, int(low), int(high)) if kind == "int" else (kind, low, high)
+
+
+def fit_transforms(kinds: Sequence[str], X_train: np.ndarray, k: int | None = None,
+                   eps: float | None = None) -> dict:
+    """Each distinct kind fitted once on the training rows X_train (N, D): kind -> Transform,
+    or None for "none". ``k`` and ``eps`` as in ``preprocess.fit``."""
+    return {kind: None if kind == "none" else preprocess.fit(kind, X_train, k, eps)
+            for kind in dict.fromkeys(kinds)}
+
+
+def random_preprocessed(n: int, ranges: dict, base: TrainConfig,
+                        seed: int = 0) -> tuple[list[TrainConfig], list[str]]:
+    """``n`` configs and their preprocessing kinds, drawn as ``sweep.random_draws`` does.
+
+    ``ranges`` holds TrainConfig fields and ``"preprocess"``, a list of kinds.
+    With "preprocess" last, the configs equal ``sweep.random_configs`` over the
+    other ranges: adding preprocessing to a search leaves its configs as they were.
+    """
+    draws = sweep.random_draws(n, ranges, seed)
+    kinds = [draw.pop("preprocess") for draw in draws]
+    return [dataclasses.replace(base, **draw) for draw in draws], kinds
+
+
+def by_kind(kinds: Sequence[str]) -> dict[str, list[int]]:
+    """The indices of each kind, kinds in order of first appearance."""
+    indices: dict = {}
+    for i, kind in enumerate(kinds):
+        indices.setdefault(kind, []).append(i)
+    return indices
+
+
+def count_groups(configs: Sequence[TrainConfig], kinds: Sequence[str]) -> dict[str, int]:
+    """The compiled groups (``sweep.group_configs``) of each kind's configs, by kind."""
+    return {kind: len(sweep.group_configs([configs[i] for i in indices]))
+            for kind, indices in by_kind(kinds).items()}
+
+
+def sweep_preprocessed(configs: Sequence[TrainConfig], kinds: Sequence[str], dataset: dict,
+                       transforms: dict, progress: Callable | None = None,
+                       **options) -> sweep.SweepResult:
+    """Train ``configs[i]`` on the rows preprocessed by ``transforms[kinds[i]]``.
+
+    dataset: X_train (N, D), y_train (N,), X_val (M, D), y_val (M,), unpreprocessed.
+    One ``run_sweep`` per kind (``options`` are its keyword arguments). Returns
+    every result in input order and the best over all kinds (on a tie, the kind
+    that comes first in ``kinds``). ``progress(group, num_groups, done, total)``
+    numbers the groups across all kinds.
+    """
+    if len(kinds) != len(configs):
+        raise ValueError(f"need one preprocessing kind per config; got {len(kinds)} kinds "
+                         f"for {len(configs)} configs")
+    missing = sorted(set(kinds) - set(transforms))
+    if missing:
+        raise ValueError(f"no fitted transform for {', '.join(missing)}")
+    counts = count_groups(configs, kinds)
+    results: list = [None] * len(configs)
+    best_index, best_val, best_params = None, -1.0, None
+    groups_before = 0
+    for kind, indices in by_kind(kinds).items():
+        report = None if progress is None else (
+            lambda g, n, done, total, offset=groups_before: progress(
+                offset + g, sum(counts.values()), done, total))
+        transform = transforms[kind]
+        result = sweep.run_sweep(
+            [configs[i] for i in indices], dataset["X_train"], dataset["y_train"],
+            dataset["X_val"], dataset["y_val"], progress=report,
+            input_transform=None if transform is None else (transform.mean, transform.matrix),
+            **options)
+        for i, r in zip(indices, result.results):
+            results[i] = r
+        if result.best_index is not None and result.results[result.best_index].val_acc > best_val:
+            best_index = indices[result.best_index]
+            best_val, best_params = results[best_index].val_acc, result.best_params
+        groups_before += counts[kind]
+    return sweep.SweepResult(results, best_index, best_params)
+
+
+def write_results(folder: Path, rows: list[dict], **fields) -> None:
+    """results.csv (one row per config) and results.json (``fields`` and the rows) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    runs.atomic_write(folder / "results.csv", lambda f: f.write(text.getvalue().encode()))
+    runs.write_json(folder / "results.json", {**fields, "results": rows})
+
+
+def save_run(out: Path, config: TrainConfig, kind: str, transform, params: dict,
+             history: dict, dataset: dict, eval_test: bool, num_test: int,
+             **metrics) -> dict:
+    """Evaluate ``params`` (W1 (k, H)) and write a run folder like scripts/train.py's.
+
+    The accuracies are measured on the splits preprocessed by ``transform``
+    (None for "none"); params.npz holds the mean image and the transform, so
+    ``preprocess.load_classifier`` and scripts/predict.py preprocess new images
+    the same way. Returns the metrics written: the accuracies, then ``metrics``.
+    """
+    extra = {"mean_image": dataset["mean_image"]} if "mean_image" in dataset else {}
+    if transform is not None:
+        dataset = preprocess.apply_to_splits(dataset, transform)
+        extra.update(transform.to_arrays())
+    found = {**runs.evaluate(params, dataset, eval_test, num_test), **metrics}
+    runs.write_run(out, dict(dataclasses.asdict(config), preprocess=kind), params, history,
+                   found, extra or None)
+    return found
+
+
+# ----------------------------------------------------------------------------- staged search
+
+@dataclasses.dataclass(frozen=True)
+class SearchPlan:
+    """The staged search's settings; the defaults are the search behind the ``best`` preset.
+
+    Epochs are passes over the training rows: ``iterations`` turns them into steps.
+    """
+
+    base: TrainConfig = BASE
+    ranges: dict = dataclasses.field(default_factory=lambda: dict(COARSE_RANGES))
+    kinds: tuple = ("none", "standardize", "zca")
+    pca_components: int = 400
+    whiten_eps: float | None = None
+    coarse: int = 16
+    coarse_hidden: int = 1000
+    coarse_epochs: float = 5
+    top: int = 4
+    narrow: int = 8
+    narrow_hidden: int = 2000
+    narrow_epochs: float = 10
+    final_hidden: int = 2000
+    final_epochs: float = 50
+    final_lr_scales: tuple = (1.0, 0.33)
+    seed: int = 0
+
+
+def iterations(epochs: float, num_train: int, batch_size: int) -> int:
+    """Steps of ``epochs`` passes, counted as the notebook's ``num_train / batch_size`` per
+    epoch, plus one so that the last epoch ends on a validated step (50 epochs of 49,000
+    rows in batches of 200: 12251)."""
+    return int(epochs * num_train / batch_size) + 1
+
+
+def narrow_ranges(rows: list[dict], top: int) -> dict:
+    """The narrow stage's ranges around the ``top`` best rows that trained ("ok").
+
+    rows: a results table with a ``preprocess`` column, best first
+    (``sweep.results_table``). Learning rate: log-uniform over [min / 2, max * 2]
+    of the top rows; dropout: uniform over [min - 0.1, max + 0.1] clipped to
+    [0, MAX_DROPOUT]; translate and preprocess: a choice of the values seen.
+    """
+    best = [row for row in rows if row["status"] == "ok"][:top]
+    if not best:
+        raise ValueError("every config diverged; there is nothing to narrow the search around")
+    rates, dropouts = ([row[name] for row in best] for name in ("learning_rate", "dropout"))
+    return {"learning_rate": ("log", min(rates) / 2, max(rates) * 2),
+            "dropout": ("uniform", max(min(dropouts) - 0.1, 0.0),
+                        min(max(dropouts) + 0.1, MAX_DROPOUT)),
+            "translate": sorted({row["translate"] for row in best}),
+            "preprocess": sorted({row["preprocess"] for row in best})}
+
+
+def describe_ranges(ranges: dict) -> dict:
+    """Ranges as JSON: ``{"dropout": {"uniform": [0, 0.6]}, "translate": {"choice": [0, 1]}}``."""
+    return {name: {spec[0]: list(spec[1:])} if isinstance(spec, tuple) else {"choice": spec}
+            for name, spec in ranges.items()}
+
+
+def train_command(config: TrainConfig, kind: str, plan: SearchPlan,
+                  data_flags: Sequence[str] = ()) -> str:
+    """The scripts/train.py command line that trains ``config`` with preprocessing ``kind``:
+    ``--preset best`` and the fields that differ from it, then ``data_flags``."""
+    flags = ["--preset", "best"]
+    for field in dataclasses.fields(TrainConfig):
+        value = getattr(config, field.name)
+        if value != getattr(PRESETS["best"], field.name):
+            flags += [cli.flag(field.name), str(int(value) if isinstance(value, bool) else value)]
+    if kind != "none":
+        flags += ["--preprocess", kind]
+        if kind == "pca":
+            flags += ["--pca-components", str(plan.pca_components)]
+        if kind in ("pca", "zca") and plan.whiten_eps is not None:
+            flags += ["--whiten-eps", str(plan.whiten_eps)]
+    return shlex.join(["python", "scripts/train.py", *flags, "--eval-test", *data_flags])
+
+
+def final_configs(winner: TrainConfig, plan: SearchPlan, num_train: int) -> list[TrainConfig]:
+    """The final stage: ``winner`` with the final size and length, its learning rate times
+    each of ``plan.final_lr_scales``."""
+    num_iters = iterations(plan.final_epochs, num_train, plan.base.batch_size)
+    return [dataclasses.replace(winner, hidden_size=plan.final_hidden, num_iters=num_iters,
+                                learning_rate=winner.learning_rate * scale)
+            for scale in plan.final_lr_scales]
+
+
+class Stage(NamedTuple):
+    """A finished stage: its configs' kinds, the sweep's result and the results table."""
+
+    kinds: list
+    result: sweep.SweepResult
+    rows: list
+    wall_s: float
+
+
+def run_stage(name: str, configs: list[TrainConfig], kinds: list[str], dataset: dict,
+              transforms: dict, folder: Path, progress: Callable | None = None,
+              **options) -> Stage:
+    """Train one stage (``sweep_preprocessed``) and write folder/results.csv and .json.
+
+    ``progress(stage, group, num_groups, done, total)``. Raises ValueError (after
+    writing the results) when every config diverged.
+    """
+    report = None if progress is None else (
+        lambda g, n, done, total: progress(name, g, n, done, total))
+    start = time.perf_counter()
+    result = sweep_preprocessed(configs, kinds, dataset, transforms, report, **options)
+    wall_s = time.perf_counter() - start
+    rows = sweep.results_table(result, kinds)
+    write_results(folder, rows, stage=name, wall_s=wall_s)
+    if result.best_index is None:
+        raise ValueError(f"every config of the {name} stage diverged; results in {folder}")
+    return Stage(kinds, result, rows, wall_s)
+
+
+def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | None = None,
+               say: Callable[[str], None] = lambda message: None, num_test: int = 1000,
+               data_flags: Sequence[str] = (), device: str | None = None, **options) -> dict:
+    """Run the coarse, narrow and final stages; return the summary written to out/summary.json.
+
+    dataset: as ``runs.load_dataset`` gives it (X_train (N, D), ..., X_test,
+    mean_image). The coarse stage draws with ``plan.seed``, the narrow one with
+    ``plan.seed + 1``. Writes out/<stage>/results.csv and results.json as each
+    stage ends, out/summary.json (the plan; each stage's ranges, top rows and
+    wall time) after each stage, and out/best/, the final winner's run folder
+    (with test accuracies on the first ``num_test`` and on all test images).
+    ``progress(stage, group, num_groups, done, total)``; ``say`` gets one line
+    per stage; ``data_flags`` end the scripts/train.py command in the summary;
+    ``device`` (a name) is recorded in best/metrics.json; ``options`` go to
+    ``sweep.run_sweep``.
+    """
+    if "X_test" not in dataset:
+        raise ValueError("the search evaluates its answer on a test split; the dataset has no "
+                         "X_test")
+    start = time.perf_counter()
+    num_train = len(dataset["X_train"])
+    transforms = fit_transforms(plan.kinds, dataset["X_train"], plan.pca_components,
+                                plan.whiten_eps)
+    summary: dict = {"plan": dataclasses.asdict(plan), "stages": []}
+
+    def stage(name, ranges, configs, kinds):
+        say(f"{name}: {len(configs)} configs, hidden {configs[0].hidden_size}, "
+            f"{configs[0].num_iters} iterations")
+        done = run_stage(name, configs, kinds, dataset, transforms, out / name, progress,
+                         **options)
+        summary["stages"].append({
+            "name": name, "configs": len(configs), "hidden_size": configs[0].hidden_size,
+            "num_iters": configs[0].num_iters, "ranges": describe_ranges(ranges),
+            "top": done.rows[:plan.top], "wall_s": done.wall_s})
+        runs.write_json(out / "summary.json", summary)
+        return done
+
+    def random_stage(name, n, ranges, hidden, epochs, seed):
+        base = dataclasses.replace(plan.base, hidden_size=hidden, num_iters=iterations(
+            epochs, num_train, plan.base.batch_size))
+        return stage(name, ranges, *random_preprocessed(n, ranges, base, seed))
+
+    coarse = random_stage("coarse", plan.coarse, {**plan.ranges, "preprocess": list(plan.kinds)},
+                          plan.coarse_hidden, plan.coarse_epochs, plan.seed)
+    narrow = random_stage("narrow", plan.narrow, narrow_ranges(coarse.rows, plan.top),
+                          plan.narrow_hidden, plan.narrow_epochs, plan.seed + 1)
+
+    winner = narrow.result.results[narrow.result.best_index].config
+    kind = narrow.kinds[narrow.result.best_index]
+    configs = final_configs(winner, plan, num_train)
+    final = stage("final", {"learning_rate": [c.learning_rate for c in configs]}, configs,
+                  [kind] * len(configs))
+
+    best = final.result.results[final.result.best_index]
+    summary["wall_s"] = time.perf_counter() - start
+    metrics = save_run(out / "best", best.config, kind, transforms[kind],
+                       final.result.best_params, best.history, dataset, True, num_test,
+                       best_val_acc=best.val_acc, final_val_acc=best.final_val_acc,
+                       search_wall_s=summary["wall_s"],
+                       **({} if device is None else {"device": device}))
+    summary["best"] = {"config": dataclasses.asdict(best.config), "preprocess": kind,
+                       "metrics": metrics,
+                       "command": train_command(best.config, kind, plan, data_flags)}
+    runs.write_json(out / "summary.json", summary)
+    return summary
