@@ -467,6 +467,41 @@ def check_batches(batches, config: TrainConfig, num_train: int) -> None:
                          f"has rows [0, {num_train - 1}]")
 
 
+def check_augmentable(augments: bool, num_features: int) -> None:
+    """Flips and shifts act on 32x32x3 images: refuse them for rows of another size."""
+    if augments and num_features != AUGMENTABLE_FEATURES:
+        raise ValueError(f"flip and translate need rows of 32x32x3 images "
+                         f"({AUGMENTABLE_FEATURES} features); X_train has {num_features}")
+
+
+def check_transform(input_transform, num_features: int) -> tuple | None:
+    """``input_transform`` as numpy (mean (D,), matrix (D, k) or (D,)), checked against D."""
+    if input_transform is None:
+        return None
+    mean, matrix = (np.asarray(a) for a in input_transform)
+    if (mean.shape != (num_features,) or matrix.ndim not in (1, 2)
+            or matrix.shape[0] != num_features):
+        raise ValueError(f"input_transform must be (mean (D,), matrix (D, k) or (D,)) with "
+                         f"D = {num_features}; got shapes {mean.shape} and {matrix.shape}")
+    return mean, matrix
+
+
+def loop_inputs(transform: tuple | None, augments: bool, X, X_val) -> tuple:
+    """(X, X_val, the transform the loop applies) for a run with input ``transform``.
+
+    X_val is transformed once. Augmentation acts on image rows, so a run that
+    flips or shifts transforms each minibatch after augmenting it; otherwise X
+    is transformed once, up front, and the loop applies nothing.
+    """
+    if transform is None:
+        return X, X_val, None
+    dtype = transform[0].dtype
+    X_val = apply_transform(transform, np.asarray(X_val, dtype))
+    if augments:
+        return X, X_val, transform
+    return apply_transform(transform, np.asarray(X, dtype)), X_val, None
+
+
 def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict | None = None,
           batches: np.ndarray | None = None, progress: Callable | None = None,
           chunk_size: int = 100, input_transform: tuple | None = None) -> TrainResult:
@@ -488,25 +523,15 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
     config.validate()
     num_classes = None if params is None else np.shape(params["W2"])[1]
     num_classes = check_data(X, y, X_val, y_val, num_classes)
-    transform = None
-    if input_transform is not None:
-        mean, matrix = (np.asarray(a) for a in input_transform)
-        if (mean.shape != (np.shape(X)[1],) or matrix.ndim not in (1, 2)
-                or matrix.shape[0] != mean.shape[0]):
-            raise ValueError(f"input_transform must be (mean (D,), matrix (D, k) or (D,)) with "
-                             f"D = {np.shape(X)[1]}; got shapes {mean.shape} and {matrix.shape}")
-        transform = (mean, matrix)
-        X_val = apply_transform(transform, np.asarray(X_val, mean.dtype))
-        if not (config.flip or config.translate):      # nothing happens before the transform
-            X, transform = apply_transform(transform, np.asarray(X, mean.dtype)), None
+    augments = bool(config.flip or config.translate)
+    check_augmentable(augments, np.shape(X)[1])
+    transform = check_transform(input_transform, np.shape(X)[1])
+    X, X_val, transform = loop_inputs(transform, augments, X, X_val)
     input_size = np.shape(X)[1] if transform is None else np.shape(transform[1])[-1]
     if params is not None:
         check_params(params, input_size)
     if batches is not None:
         check_batches(batches, config, len(X))
-    if (config.flip or config.translate) and np.shape(X)[1] != AUGMENTABLE_FEATURES:
-        raise ValueError(f"flip and translate need rows of 32x32x3 images "
-                         f"({AUGMENTABLE_FEATURES} features); X_train has {np.shape(X)[1]}")
     schedule = make_schedule(len(X), config.batch_size, config.num_iters, batches, config.seed)
     dtype = np.dtype(config.dtype)
     start_time = time.perf_counter()

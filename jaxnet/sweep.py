@@ -180,34 +180,6 @@ def _init_fn(config: TrainConfig, num_features: int, num_classes: int) -> Callab
     return solver.COMPILED[key]
 
 
-def _check_transform(input_transform, num_features: int) -> tuple | None:
-    """``input_transform`` as numpy (mean (D,), matrix (D, k) or (D,)), checked against D."""
-    if input_transform is None:
-        return None
-    mean, matrix = (np.asarray(a) for a in input_transform)
-    if (mean.shape != (num_features,) or matrix.ndim not in (1, 2)
-            or matrix.shape[0] != num_features):
-        raise ValueError(f"input_transform must be (mean (D,), matrix (D, k) or (D,)) with "
-                         f"D = {num_features}; got shapes {mean.shape} and {matrix.shape}")
-    return mean, matrix
-
-
-def _group_inputs(transform: tuple | None, augments: bool, X, X_val) -> tuple:
-    """(X, X_val, in-loop transform) of a group, prepared as ``solver.train`` does.
-
-    X_val is transformed once. Augmentation acts on image rows, so a group that
-    flips or shifts transforms each minibatch after augmenting it; otherwise X
-    is transformed once, up front, and the loop needs no transform.
-    """
-    if transform is None:
-        return X, X_val, None
-    dtype = transform[0].dtype
-    X_val = solver.apply_transform(transform, np.asarray(X_val, dtype))
-    if augments:
-        return X, X_val, transform
-    return solver.apply_transform(transform, np.asarray(X, dtype)), X_val, None
-
-
 def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
               max_memory: float | None = None, devices: Sequence | None = None,
               chunk_size: int = 100, progress: Callable | None = None,
@@ -228,13 +200,9 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     if not configs:
         raise ValueError("the sweep has no configs")
     num_classes = solver.check_data(X, y, X_val, y_val)
-    transform = _check_transform(input_transform, np.shape(X)[1])
-    if (any(c.flip or c.translate for c in configs)
-            and np.shape(X)[1] != solver.AUGMENTABLE_FEATURES):
-        raise ValueError(f"flip and translate need rows of 32x32x3 images "
-                         f"({solver.AUGMENTABLE_FEATURES} features); X_train has "
-                         f"{np.shape(X)[1]}")
-    inputs: dict = {}  # _group_inputs by whether a group augments, each made once
+    solver.check_augmentable(any(c.flip or c.translate for c in configs), np.shape(X)[1])
+    transform = solver.check_transform(input_transform, np.shape(X)[1])
+    inputs: dict = {}  # solver.loop_inputs by whether a group augments, each made once
     devices = list(devices or jax.local_devices())
     mesh = Mesh(np.array(devices), ("configs",))
     results: list = [None] * len(configs)
@@ -245,7 +213,7 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
         dtype = np.dtype(config.dtype)
         augments = bool(config.flip or config.translate)
         if augments not in inputs:
-            inputs[augments] = _group_inputs(transform, augments, X, X_val)
+            inputs[augments] = solver.loop_inputs(transform, augments, X, X_val)
         X_in, X_val_in, loop_transform = inputs[augments]
         with jax.enable_x64(dtype == np.float64):
             data = (np.asarray(X_in, dtype), np.asarray(y, np.int32),
