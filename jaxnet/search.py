@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 
 from . import cli, preprocess, runs, sweep
-from .solver import PRESETS, TrainConfig
+from .solver import PRESET_PREPROCESS, PRESETS, TrainConfig
 
 CHOICES = ("none",) + preprocess.KINDS
 BASE = TrainConfig(batch_size=200, reg=0.0, optimizer="adam", schedule="cosine", flip=True)
@@ -254,7 +254,7 @@ def train_command(config: TrainConfig, kind: str, plan: SearchPlan,
         value = getattr(config, field.name)
         if value != getattr(PRESETS["best"], field.name):
             flags += [cli.flag(field.name), str(int(value) if isinstance(value, bool) else value)]
-    if kind != "none":
+    if kind != PRESET_PREPROCESS["best"]:
         flags += ["--preprocess", kind]
         if kind == "pca":
             flags += ["--pca-components", str(plan.pca_components)]

@@ -87,8 +87,10 @@ def test_iterations_per_epoch_budget():
 
 def test_train_command_lists_what_differs_from_the_best_preset():
     plan = search.SearchPlan(whiten_eps=0.1)
-    assert search.train_command(PRESETS["best"], "none", plan) == \
+    assert search.train_command(PRESETS["best"], "standardize", plan) == \
         "python scripts/train.py --preset best --eval-test"
+    assert search.train_command(PRESETS["best"], "none", plan) == \
+        "python scripts/train.py --preset best --preprocess none --eval-test"
     config = dataclasses.replace(PRESETS["best"], learning_rate=3.3e-05, translate=2, flip=False)
     command = search.train_command(config, "zca", plan, ["--data-dir", "my data"])
     assert command == ("python scripts/train.py --preset best --learning-rate 3.3e-05 "

@@ -84,6 +84,35 @@ def small_npz(tmp_path):
     return path
 
 
+# The best preset as the README documents it.
+BEST_PRESET = {"hidden_size": 2000, "num_iters": 12251, "batch_size": 200,
+               "learning_rate": 8.021969575436478e-4, "reg": 0.0, "optimizer": "adam",
+               "schedule": "cosine", "warmup_iters": 0, "dropout": 0.22492512060101696,
+               "flip": True, "translate": 1, "seed": 0, "dtype": "float32",
+               "preprocess": "standardize"}
+
+
+def test_best_preset_resolves_to_the_documented_settings(cifar_fixture, tmp_path):
+    out = tmp_path / "best"
+    proc = run_train("--preset", "best", "--num-iters", 3, "--data-dir", cifar_fixture,
+                     *SMALL_SPLITS, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert {key: config[key] for key in BEST_PRESET} == {**BEST_PRESET, "num_iters": 3}
+    checkpoint = np.load(out / "params.npz")
+    assert checkpoint["W1"].shape == (3072, 2000)
+    # Standardization travels with the checkpoint: one scale per pixel, three distinct values.
+    assert checkpoint["extra/preprocess_kind"] == "standardize"
+    assert len(np.unique(checkpoint["extra/preprocess_matrix"])) == 3
+    overridden = run_train("--preset", "best", "--num-iters", 3, "--preprocess", "none",
+                           "--hidden-size", 8, "--data-dir", cifar_fixture, *SMALL_SPLITS,
+                           "--out", tmp_path / "plain")
+    assert overridden.returncode == 0, overridden.stderr
+    plain = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert (plain["preprocess"], plain["hidden_size"], plain["dropout"]) == \
+        ("none", 8, BEST_PRESET["dropout"])
+
+
 def test_train_script_on_an_npz(small_npz, tmp_path):
     out = tmp_path / "npzrun"
     proc = run_train("--data", small_npz, "--num-iters", 40, "--batch-size", 20,
