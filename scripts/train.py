@@ -108,7 +108,7 @@ def main():
     settings = dict(dataclasses.asdict(config), preprocess=kind)
     paths = runs.write_run(out, settings, result.best_params, result.history, metrics,
                            extra or None)
-    print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("_acc")) +
+    print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_acc" in k) +
           f"  ({metrics['wall_s']:.1f} s on {device})")
     print(f"run saved in {out}/ ({', '.join(sorted(paths))})")
 
