@@ -56,6 +56,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 # Help text of each TrainConfig field, shared by train.py (one value) and sweep.py (lists).
 CONFIG_HELP = {
     "hidden_size": "hidden units H",
@@ -101,8 +109,9 @@ def field_type(default) -> Callable[[str], object]:
     return type(default)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """--data-dir / --data / split sizes / --eval-test / --device / --out."""
+def add_data_arguments(parser: argparse.ArgumentParser, eval_test: bool = True) -> None:
+    """--data-dir / --data / split sizes / --eval-test (unless ``eval_test`` is False, for
+    commands that always evaluate on the test split) / --device."""
     group = parser.add_argument_group("data and output")
     group.add_argument("--data-dir", help="folder holding cifar-10-batches-py (or that folder); "
                        "downloaded there if missing (default: $JAXNET_DATA_DIR or data/)")
@@ -114,8 +123,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-test", type=positive_int, default=1000,
                        help="test images of test_acc, the notebook's subset (test_acc_full "
                             "uses the whole test split)")
-    group.add_argument("--eval-test", action="store_true",
-                       help="evaluate the chosen params on the test split")
+    if eval_test:
+        group.add_argument("--eval-test", action="store_true",
+                           help="evaluate the chosen params on the test split")
     group.add_argument("--device", choices=["cpu", "gpu"], default=None,
                        help="where to train (default: JAX's default device)")
 

@@ -263,11 +263,17 @@ def train_command(config: TrainConfig, kind: str, plan: SearchPlan,
     return shlex.join(["python", "scripts/train.py", *flags, "--eval-test", *data_flags])
 
 
+def stage_base(plan: SearchPlan, hidden: int, epochs: float, num_train: int) -> TrainConfig:
+    """``plan.base`` with a stage's hidden size and ``epochs`` over ``num_train`` rows."""
+    return dataclasses.replace(plan.base, hidden_size=hidden,
+                               num_iters=iterations(epochs, num_train, plan.base.batch_size))
+
+
 def final_configs(winner: TrainConfig, plan: SearchPlan, num_train: int) -> list[TrainConfig]:
     """The final stage: ``winner`` with the final size and length, its learning rate times
     each of ``plan.final_lr_scales``."""
-    num_iters = iterations(plan.final_epochs, num_train, plan.base.batch_size)
-    return [dataclasses.replace(winner, hidden_size=plan.final_hidden, num_iters=num_iters,
+    final = stage_base(plan, plan.final_hidden, plan.final_epochs, num_train)
+    return [dataclasses.replace(winner, hidden_size=final.hidden_size, num_iters=final.num_iters,
                                 learning_rate=winner.learning_rate * scale)
             for scale in plan.final_lr_scales]
 
@@ -322,6 +328,12 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
                          "X_test")
     start = time.perf_counter()
     num_train = len(dataset["X_train"])
+    stage_bases = {name: stage_base(plan, hidden, epochs, num_train) for name, hidden, epochs in (
+        ("coarse", plan.coarse_hidden, plan.coarse_epochs),
+        ("narrow", plan.narrow_hidden, plan.narrow_epochs),
+        ("final", plan.final_hidden, plan.final_epochs))}
+    for base in stage_bases.values():  # a setting no stage can train fails before any trains
+        base.validate()
     transforms = fit_transforms(plan.kinds, dataset["X_train"], plan.pca_components,
                                 plan.whiten_eps)
     summary: dict = {"plan": dataclasses.asdict(plan), "stages": []}
@@ -338,15 +350,13 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
         runs.write_json(out / "summary.json", summary)
         return done
 
-    def random_stage(name, n, ranges, hidden, epochs, seed):
-        base = dataclasses.replace(plan.base, hidden_size=hidden, num_iters=iterations(
-            epochs, num_train, plan.base.batch_size))
-        return stage(name, ranges, *random_preprocessed(n, ranges, base, seed))
+    def random_stage(name, n, ranges, seed):
+        return stage(name, ranges, *random_preprocessed(n, ranges, stage_bases[name], seed))
 
     coarse = random_stage("coarse", plan.coarse, {**plan.ranges, "preprocess": list(plan.kinds)},
-                          plan.coarse_hidden, plan.coarse_epochs, plan.seed)
+                          plan.seed)
     narrow = random_stage("narrow", plan.narrow, narrow_ranges(coarse.rows, plan.top),
-                          plan.narrow_hidden, plan.narrow_epochs, plan.seed + 1)
+                          plan.seed + 1)
 
     winner = narrow.result.results[narrow.result.best_index].config
     kind = narrow.kinds[narrow.result.best_index]

@@ -86,6 +86,10 @@ class TrainConfig:
                 raise ValueError(message)
         need(isinstance(self.patience, (int, np.integer)) and self.patience >= 0,
              f"patience must be an integer >= 0; got {self.patience!r}")
+        for name in ("warmup_iters", "translate"):
+            value = getattr(self, name)
+            need(isinstance(value, (int, np.integer)) and not isinstance(value, bool),
+                 f"{name} must be an integer; got {value!r}")
         for name in ("hidden_size", "num_iters", "batch_size"):
             value = getattr(self, name)
             need(isinstance(value, (int, np.integer)) and value >= 1,

@@ -19,9 +19,8 @@ Every config uses Adam, a cosine decay to 0, batch 200, reg 0 and random
 flips (the base-config flags change them). E epochs are
 int(E * N / batch_size) + 1 iterations (50 epochs of 49,000 images: 12251).
 Draws come from --seed and training is deterministic, so one command repeats
-a search exactly. On CIFAR-10 with a 2-core CPU expect roughly 6 + 11 + 19
-minutes for the three stages (the final stage trains the best preset's network
-twice).
+a search exactly. On CIFAR-10 with a 2-core CPU the three stages took 8 + 14 +
+16 minutes (the final stage trains the best preset's network twice).
 
 Writes to --out (default searches/<date-time>), each stage's files as soon
 as it ends: coarse/, narrow/ and final/ with results.csv and results.json;
@@ -34,7 +33,6 @@ Examples:
   python scripts/search.py
   python scripts/search.py --seed 1 --out searches/seed1
 """
-import argparse
 import dataclasses
 import sys
 import time
@@ -54,17 +52,9 @@ STAGED = ("hidden_size", "num_iters", "learning_rate", "dropout", "translate", "
 DATA_FLAGS = ("data_dir", "data", "num_training", "num_validation", "num_test", "device")
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def scales(text: str) -> tuple:
     """argparse type: '1,0.33' -> (1.0, 0.33), each > 0."""
-    return tuple(positive_float(item) for item in text.split(",") if item.strip())
+    return tuple(cli.positive_float(item) for item in text.split(",") if item.strip())
 
 
 def build_parser() -> cli.Parser:
@@ -76,13 +66,13 @@ def build_parser() -> cli.Parser:
     for name, kind, help_text in [
             ("coarse", cli.positive_int, "configs drawn in the coarse stage"),
             ("coarse_hidden", cli.positive_int, "hidden units in the coarse stage"),
-            ("coarse_epochs", positive_float, "epochs of each coarse run"),
+            ("coarse_epochs", cli.positive_float, "epochs of each coarse run"),
             ("top", cli.positive_int, "best coarse configs that set the narrow ranges"),
             ("narrow", cli.positive_int, "configs drawn in the narrow stage"),
             ("narrow_hidden", cli.positive_int, "hidden units in the narrow stage"),
-            ("narrow_epochs", positive_float, "epochs of each narrow run"),
+            ("narrow_epochs", cli.positive_float, "epochs of each narrow run"),
             ("final_hidden", cli.positive_int, "hidden units of the final runs"),
-            ("final_epochs", positive_float, "epochs of each final run")]:
+            ("final_epochs", cli.positive_float, "epochs of each final run")]:
         stages.add_argument(cli.flag(name), type=kind, default=getattr(plan, name),
                             help=help_text)
     stages.add_argument("--final-lr-scales", type=scales, metavar="S[,S...]",
@@ -105,8 +95,7 @@ def build_parser() -> cli.Parser:
                               default=getattr(BASE, field.name),
                               help=cli.CONFIG_HELP[field.name])
     base.add_argument("--train-seed", type=int, default=BASE.seed, help=cli.CONFIG_HELP["seed"])
-    cli.add_data_arguments(parser)
-    parser.set_defaults(eval_test=True)  # the answer is always evaluated on the test split
+    cli.add_data_arguments(parser, eval_test=False)  # the answer is always evaluated on test
     parser.add_argument("--out", help="output folder (default: searches/<date-time>)")
     parser.add_argument("--max-memory", type=float, metavar="MB",
                         help="memory budget in MB; larger groups train in chunks that fit")
@@ -114,19 +103,23 @@ def build_parser() -> cli.Parser:
 
 
 def make_plan(args) -> SearchPlan:
-    """The SearchPlan the flags describe, its base config validated."""
+    """The SearchPlan the flags describe (its stage configs are validated by run_search)."""
     base = dataclasses.replace(BASE, seed=args.train_seed, **{
         f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
         if f.name not in STAGED})
     ranges = {name: search.parse_range(name, getattr(args, name + "_range"), spec[0])
               for name, spec in COARSE_RANGES.items()}
+    if ranges["translate"][0] != "int":
+        raise ValueError("--translate-range: translate must be an integer (KIND int)")
     if ranges["dropout"][1] < 0 or ranges["dropout"][2] >= 1:
         raise ValueError("--dropout-range must lie in [0, 1)")
     if not args.final_lr_scales:
         raise ValueError("--final-lr-scales needs at least one scale")
     stage_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchPlan)
                     if f.name not in ("base", "ranges", "kinds")}
-    return SearchPlan(base=base.validate(), ranges=ranges,
+    # Stages set num_iters: here only the rest is checked, run_search checks each stage.
+    dataclasses.replace(base, num_iters=base.warmup_iters + 1).validate()
+    return SearchPlan(base=base, ranges=ranges,
                       kinds=tuple(search.parse_kinds(args.preprocess)), **stage_fields)
 
 
@@ -144,6 +137,7 @@ def main():
     devices = [d for d in jax.local_devices() if d.platform == device.platform]
     dataset = runs.load_dataset(args)
     out = Path(args.out or Path("searches") / time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after a stage
     bar = cli.ProgressBar("search")
 
     def say(message):

@@ -17,7 +17,7 @@ once on the training split (--pca-components, --whiten-eps as in train.py).
 Configs that share hidden size, batch size, iterations, optimizer, schedule,
 seed and preprocessing train together in one compiled program (a group), with
 the same minibatches; the sweep's result for a config equals `scripts/train.py`
-with the same flags.
+with the same flags, up to float rounding.
 
 Writes to --out (default sweeps/<date-time>): results.csv and results.json
 (every config, sorted by validation accuracy), heatmap.png (validation
@@ -131,6 +131,7 @@ def main():
     transforms = search.fit_transforms(kinds, dataset["X_train"], args.pca_components,
                                        args.whiten_eps)
     out = Path(args.out or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
     num_groups = sum(search.count_groups(configs, kinds).values())
     print(f"{len(configs)} configs in {num_groups} groups on {len(devices)} "
           f"{device.platform} device(s)", file=sys.stderr)

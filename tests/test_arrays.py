@@ -39,6 +39,9 @@ def test_loaded_splits_are_aligned_and_training_uses_them_in_place(cifar_fixture
         assert is_aligned(data[name]), name
     on_device = solver.device_array(data["X_train"], np.float32, jax.devices("cpu")[0])
     assert on_device.unsafe_buffer_pointer() == data["X_train"].ctypes.data
-    unaligned = np.array(data["X_train"][:, 1:])   # numpy's own allocation: copied once
+    unaligned = aligned_empty((150 * 3072 + 1,), np.float32)[1:].reshape(150, 3072)
+    unaligned[:] = data["X_train"]
+    assert not is_aligned(unaligned)
     copied = solver.device_array(unaligned, np.float32, jax.devices("cpu")[0])
+    assert copied.unsafe_buffer_pointer() != unaligned.ctypes.data
     np.testing.assert_array_equal(np.asarray(copied), unaligned)

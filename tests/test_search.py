@@ -164,11 +164,16 @@ def test_search_script_end_to_end(cifar_fixture, tmp_path):
     metrics = json.load(open(out / "best" / "metrics.json"))
     assert {"train_acc", "val_acc", "test_acc", "test_acc_full", "best_val_acc"} <= set(metrics)
     assert metrics["val_acc"] == metrics["best_val_acc"] == float(final[0]["val_acc"])
-    assert metrics["test_acc"] * 40 == pytest.approx(round(metrics["test_acc"] * 40))
     config = json.load(open(out / "best" / "config.json"))
     assert config["preprocess"] == final[0]["preprocess"] == summary["best"]["preprocess"]
     classifier = preprocess.load_classifier(out / "best" / "params.npz")
     assert (classifier.transform is None) == (config["preprocess"] == "none")
+    # test_acc is measured on the first --num-test (40) test images, test_acc_full on all.
+    raw = get_CIFAR10_data(cifar_fixture, num_training=150, num_validation=50, num_test=None,
+                           subtract_mean=False)
+    predicted = classifier.probabilities(raw["X_test"]).argmax(axis=1)
+    assert np.mean(predicted[:40] == raw["y_test"][:40]) == pytest.approx(metrics["test_acc"])
+    assert np.mean(predicted == raw["y_test"]) == pytest.approx(metrics["test_acc_full"])
 
     # The printed train.py command trains the answer again.
     command = summary["best"]["command"]
@@ -185,17 +190,31 @@ def test_search_script_end_to_end(cifar_fixture, tmp_path):
 
 def test_search_keeps_finished_stages_when_a_later_one_fails(cifar_fixture, tmp_path):
     out = tmp_path / "failing"
+    # 20 MB hold the coarse and narrow nets (hidden 8), not the final one (hidden 4000).
+    proc = run_search_script("--data-dir", cifar_fixture, *SPLITS, *TINY_STAGES,
+                             "--final-hidden", 4000, "--max-memory", 20, "--preprocess", "none",
+                             "--out", out)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1].startswith(
+        "error: one config of hidden size 4000 needs about ")
+    assert "Traceback" not in proc.stderr
+    assert len(read_rows(out / "coarse" / "results.csv")) == 3
+    assert len(read_rows(out / "narrow" / "results.csv")) == 2
+    stages = json.load(open(out / "summary.json"))["stages"]
+    assert [s["name"] for s in stages] == ["coarse", "narrow"]
+    assert not (out / "best").exists()
+
+
+def test_search_refuses_a_setting_a_later_stage_cannot_train_before_training(cifar_fixture,
+                                                                             tmp_path):
+    out = tmp_path / "refused"
     # 10 warmup iterations fit the 13-iteration coarse runs, not the 7-iteration narrow ones.
     proc = run_search_script("--data-dir", cifar_fixture, *SPLITS, *TINY_STAGES,
                              "--coarse-epochs", 2, "--warmup-iters", 10, "--preprocess", "none",
                              "--out", out)
     assert proc.returncode == 2
-    assert proc.stderr.splitlines()[-1] == \
-        "error: warmup_iters must be in [0, num_iters); got 10"
-    assert "Traceback" not in proc.stderr
-    assert len(read_rows(out / "coarse" / "results.csv")) == 3
-    assert [s["name"] for s in json.load(open(out / "summary.json"))["stages"]] == ["coarse"]
-    assert not (out / "best").exists()
+    assert proc.stderr.splitlines() == ["error: warmup_iters must be in [0, num_iters); got 10"]
+    assert not (out / "coarse").exists()
 
 
 @pytest.mark.parametrize("args,message", [
@@ -206,6 +225,7 @@ def test_search_keeps_finished_stages_when_a_later_one_fails(cifar_fixture, tmp_
     (["--dropout-range", "0:1.5"], "--dropout-range must lie in [0, 1)"),
     (["--lr-range", "1e-2:1e-4"], "LOW <= HIGH"),
     (["--optimizer", "foo"], "optimizer must be one of"),
+    (["--translate-range", "0:2:uniform"], "translate must be an integer"),
     (["--data", "missing.npz"], "missing.npz"),
 ])
 def test_search_script_bad_flags_one_line(args, message, tmp_path):
