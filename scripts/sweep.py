@@ -167,7 +167,7 @@ def main():
         print("  ".join(f"{row[c]:>13.4g}" if isinstance(row[c], float) else f"{row[c]!s:>13}"
                         for c in columns))
     print(f"best: {', '.join(f'{n}={best_row[n]}' for n in varied)}: "
-          + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.endswith("_acc"))
+          + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_acc" in k)
           + f"  ({len(configs)} configs in {wall_s:.1f} s)")
     print(f"results in {out}/ (results.csv, results.json, heatmap.png, best/)")
 
