@@ -506,7 +506,8 @@ def loop_inputs(transform: tuple | None, augments: bool, X, X_val) -> tuple:
     X_val = apply_transform(transform, np.asarray(X_val, dtype))
     if augments:
         return X, X_val, transform
-    return apply_transform(transform, np.asarray(X, dtype)), X_val, None
+    # Aligned, so that every chunk of a sweep uses the transformed rows in place.
+    return aligned_array(apply_transform(transform, np.asarray(X, dtype)), dtype), X_val, None
 
 
 def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict | None = None,
