@@ -1,10 +1,11 @@
 """What a command-line run does around training: data, device, and the run folder.
 
-Shared by ``scripts/train.py`` and ``scripts/sweep.py``: turn flags into a
-dataset and a device, and write a run's results as files.
+Shared by ``scripts/train.py``, ``scripts/sweep.py`` and ``scripts/search.py``:
+turn flags into a dataset and a device, and write a run's results as files.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import data, model
+from . import data, model, preprocess
 from .checkpoint import atomic_write, save_checkpoint
 from .plots import plot_history, plot_weights
 
@@ -99,3 +100,24 @@ def write_run(out: Path, config: dict, params: dict, history: dict, metrics: dic
     if np.shape(params["W1"])[0] == 32 * 32 * 3:
         paths["weights.png"] = plot_weights(params["W1"], out / "weights.png")
     return paths
+
+
+def save_run(out: Path, config, kind: str, transform, params: dict,
+             history: dict, dataset: dict, eval_test: bool, num_test: int,
+             **metrics) -> dict:
+    """Evaluate ``params`` (W1 (k, H)) and write the run folder ``out`` for ``config``
+    (a TrainConfig) trained on inputs preprocessed by ``kind``.
+
+    The accuracies are measured on the splits preprocessed by ``transform``
+    (None for "none"); params.npz holds the mean image and the transform, so
+    ``preprocess.load_classifier`` and scripts/predict.py preprocess new images
+    the same way. Returns the metrics written: the accuracies, then ``metrics``.
+    """
+    extra = {"mean_image": dataset["mean_image"]} if "mean_image" in dataset else {}
+    if transform is not None:
+        dataset = preprocess.apply_to_splits(dataset, transform)
+        extra.update(transform.to_arrays())
+    found = {**evaluate(params, dataset, eval_test, num_test), **metrics}
+    write_run(out, dict(dataclasses.asdict(config), preprocess=kind), params, history,
+              found, extra or None)
+    return found

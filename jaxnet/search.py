@@ -166,26 +166,6 @@ def write_results(folder: Path, rows: list[dict], **fields) -> None:
     runs.write_json(folder / "results.json", {**fields, "results": rows})
 
 
-def save_run(out: Path, config: TrainConfig, kind: str, transform, params: dict,
-             history: dict, dataset: dict, eval_test: bool, num_test: int,
-             **metrics) -> dict:
-    """Evaluate ``params`` (W1 (k, H)) and write a run folder like scripts/train.py's.
-
-    The accuracies are measured on the splits preprocessed by ``transform``
-    (None for "none"); params.npz holds the mean image and the transform, so
-    ``preprocess.load_classifier`` and scripts/predict.py preprocess new images
-    the same way. Returns the metrics written: the accuracies, then ``metrics``.
-    """
-    extra = {"mean_image": dataset["mean_image"]} if "mean_image" in dataset else {}
-    if transform is not None:
-        dataset = preprocess.apply_to_splits(dataset, transform)
-        extra.update(transform.to_arrays())
-    found = {**runs.evaluate(params, dataset, eval_test, num_test), **metrics}
-    runs.write_run(out, dict(dataclasses.asdict(config), preprocess=kind), params, history,
-                   found, extra or None)
-    return found
-
-
 # ----------------------------------------------------------------------------- staged search
 
 @dataclasses.dataclass(frozen=True)
@@ -366,7 +346,7 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
 
     best = final.result.results[final.result.best_index]
     summary["wall_s"] = time.perf_counter() - start
-    metrics = save_run(out / "best", best.config, kind, transforms[kind],
+    metrics = runs.save_run(out / "best", best.config, kind, transforms[kind],
                        final.result.best_params, best.history, dataset, True, num_test,
                        best_val_acc=best.val_acc, final_val_acc=best.final_val_acc,
                        search_wall_s=summary["wall_s"],

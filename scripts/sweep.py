@@ -153,7 +153,7 @@ def main():
         if result.best_index is None:
             raise ValueError(f"every config diverged; results in {out}")
         best, kind = result.results[result.best_index], kinds[result.best_index]
-        metrics = search.save_run(out / "best", best.config, kind, transforms[kind],
+        metrics = runs.save_run(out / "best", best.config, kind, transforms[kind],
                                   result.best_params, best.history, dataset, args.eval_test,
                                   args.num_test, best_val_acc=best.val_acc,
                                   sweep_wall_s=wall_s, device=str(device))

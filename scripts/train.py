@@ -86,31 +86,25 @@ def main():
         if printer:
             printer(done, total, chunk_losses)
 
-    # The mean image and the fitted transform travel with the params, so a loaded
-    # model preprocesses new images itself (scripts/predict.py).
-    extra = {"mean_image": dataset["mean_image"]} if "mean_image" in dataset else {}
     transform = None
     if kind != "none":
         transform = preprocess.fit(kind, dataset["X_train"],
                                    k=args.pca_components, eps=args.whiten_eps)
-        extra.update(transform.to_arrays())
     input_transform = None if transform is None else (transform.mean, transform.matrix)
     with jax.default_device(device):
         result = train(dataset["X_train"], dataset["y_train"], dataset["X_val"],
                        dataset["y_val"], config, progress=progress,
                        input_transform=input_transform)
         bar.finish()
-        if transform is not None:
-            dataset = preprocess.apply_to_splits(dataset, transform)
-        metrics = runs.evaluate(result.best_params, dataset, args.eval_test, args.num_test)
-    metrics.update(final_val_acc=result.history["val_acc_history"][-1],
-                   wall_s=result.wall_s, device=str(device))
-    settings = dict(dataclasses.asdict(config), preprocess=kind)
-    paths = runs.write_run(out, settings, result.best_params, result.history, metrics,
-                           extra or None)
+        # The run folder keeps the mean image and the fitted transform with the params,
+        # so a loaded model preprocesses new images itself (scripts/predict.py).
+        metrics = runs.save_run(out, config, kind, transform, result.best_params,
+                                result.history, dataset, args.eval_test, args.num_test,
+                                final_val_acc=result.history["val_acc_history"][-1],
+                                wall_s=result.wall_s, device=str(device))
     print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_acc" in k) +
           f"  ({metrics['wall_s']:.1f} s on {device})")
-    print(f"run saved in {out}/ ({', '.join(sorted(paths))})")
+    print(f"run saved in {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
 
 
 if __name__ == "__main__":
