@@ -5,7 +5,9 @@ Everything is measured in one run on the same machine, so the ratios mean
 something even where absolute times do not (a shared machine is noisy; each
 number is the median of several repeats):
 
-  peak    float32 matrix-multiply peak: a 2048x2048 product with numpy
+  peak    float32 matrix-multiply peak: a 2048x2048 product with numpy; with
+          --device gpu also the GPU's, an 8192x8192 product with jax (the
+          jaxnet rows' "% peak" is then against the GPU's)
   single  the notebook's run (hidden 50, batch 200, 1000 iterations): the numpy
           reference loop (jaxnet.reference.train) in float64 and float32, and
           jaxnet's solver.train in float32, steady state and compile time
@@ -72,11 +74,13 @@ class Sizes:
     grid_iters: int = 2000
     grid_batches: tuple = (100, 200)
     peak_n: int = 2048
+    device_peak_n: int = 8192
     rss_iters: int = 200
 
 
 QUICK = Sizes(num_train=600, num_val=60, num_features=96, hidden=8, single_iters=40,
-              single_batch=20, grid_iters=40, grid_batches=(10, 20), peak_n=256, rss_iters=20)
+              single_batch=20, grid_iters=40, grid_batches=(10, 20), peak_n=256, rss_iters=20,
+              device_peak_n=256)
 
 
 # ----------------------------------------------------------------------------- counting
@@ -217,6 +221,24 @@ def bench_peak(sizes: Sizes, repeats: int) -> dict:
     times = [timed(lambda: a @ b)[0] for _ in range(max(repeats, 5))]
     return {"peak_gflops": 2 * n ** 3 / median(times) / 1e9, "peak_size": n,
             "peak_times_s": times}
+
+
+def bench_device_peak(device, n: int, repeats: int) -> dict:
+    """float32 GFLOP/s of a jitted n x n product on ``device`` (an accelerator).
+
+    Runs at JAX's default matmul precision, the one jaxnet's programs use
+    (recorded in the JSON: on NVIDIA GPUs since Ampere it lets XLA use TF32).
+    """
+    import jax.numpy as jnp
+    with jax.default_device(device):
+        a, b = (jax.random.normal(key, (n, n), jnp.float32)
+                for key in jax.random.split(jax.random.key(1)))
+        matmul = jax.jit(jnp.matmul)
+        block(matmul(a, b))
+        times = [timed(lambda: block(matmul(a, b)))[0] for _ in range(max(repeats, 10))]
+    return {"device_peak_gflops": 2 * n ** 3 / median(times) / 1e9, "device_peak_size": n,
+            "device_peak_times_s": times,
+            "matmul_precision": str(jax.config.jax_default_matmul_precision or "default")}
 
 
 def numpy_params(sizes: Sizes, dtype, seed: int) -> dict:
@@ -404,6 +426,8 @@ def bench_sweep(sizes: Sizes, data32, device, num_configs: int, repeats: int, sa
            "sweep_steady_s": median(steady), "sweep_times_s": steady}
     out["sweep_steady_gflops"] = flops / out["sweep_steady_s"] / 1e9
     out["sweep_configs_per_s"] = num_configs / out["sweep_steady_s"]
+    if num_configs == 1024 and device.platform == "gpu":  # the issue's GPU target
+        out["sweep1024_steady_s"] = out["sweep_steady_s"]
     say(f"  {num_configs}-config sweep: {first:.1f} s first call, {out['sweep_steady_s']:.1f} s "
         "steady")
     return out
@@ -417,6 +441,7 @@ TARGETS = [
     ("grid_speedup_f64", ">=", 3.0, "grid: jaxnet sweep (with compile) vs numpy float64"),
     ("grid_peak_fraction", ">=", 0.75, "grid: sweep steady state / matrix peak"),
     ("sweep48_peak_rss_mb", "<", 3000.0, "48-config sweep peak RSS (MB)"),
+    ("sweep1024_steady_s", "<=", 15.0, "1,024-config sweep after compilation, GPU (s)"),
 ]
 
 
@@ -439,19 +464,27 @@ def report(results: dict) -> str:
     header = f"{'row':44} {'seconds':>9} {'GFLOP/s':>8} {'% peak':>7} {'speedup':>8}"
     lines += [header, "-" * len(header)]
 
+    device_peak = results.get("device_peak_gflops", peak)
+
     def row(name, seconds_key, gflops_key=None, speedup_key=None, note=""):
         if seconds_key not in results:
             return
         gf = results.get(gflops_key) if gflops_key else None
+        # numpy rows against the host's peak, jaxnet rows against their device's.
+        row_peak = peak if seconds_key.startswith(("numpy", "grid_numpy")) else device_peak
         cells = [f"{name:44}", f"{results[seconds_key]:9.2f}",
                  f"{gf:8.1f}" if gf else f"{'':8}",
-                 f"{100 * gf / peak:6.0f}%" if gf and peak else f"{'':7}",
+                 f"{100 * gf / row_peak:6.0f}%" if gf and row_peak else f"{'':7}",
                  f"{results[speedup_key]:7.2f}x" if speedup_key in results else f"{'':8}"]
         lines.append(" ".join(cells) + (f"  {note}" if note else ""))
 
     if peak:
         lines.append(f"{'matrix peak (numpy f32 %dx%d)' % ((results['peak_size'],) * 2):44} "
                      f"{'':9} {peak:8.1f} {100:6.0f}%")
+    if "device_peak_gflops" in results:
+        size = results["device_peak_size"]
+        name = f"device peak (jax f32 {size}x{size}, {results['matmul_precision']} precision)"
+        lines.append(f"{name:44} {'':9} {device_peak:8.1f} {100:6.0f}%")
     row("single: numpy reference float64", "numpy_f64_s", "numpy_f64_gflops")
     row("single: numpy reference float32", "numpy_f32_s", "numpy_f32_gflops")
     row("single: jaxnet float32 (steady)", "jaxnet_single_s", "jaxnet_single_gflops",
@@ -481,7 +514,7 @@ def report(results: dict) -> str:
         lines += ["", "targets:"]
         for key, op, limit, text in checks:
             value = results[key]
-            ok = value >= limit if op == ">=" else value < limit
+            ok = {">=": value >= limit, "<=": value <= limit, "<": value < limit}[op]
             verdict = "met " if ok else "MISS"
             lines.append(f"  {verdict} {text}: {value:.3g} (target {op} {limit:g})")
     return "\n".join(lines)
@@ -555,6 +588,8 @@ def main():
     if "peak" in sections:
         say("matrix peak ...")
         results.update(bench_peak(sizes, args.repeats))
+        if device.platform != "cpu":
+            results.update(bench_device_peak(device, sizes.device_peak_n, args.repeats))
     if "single" in sections:
         say("single run ...")
         results.update(bench_single(sizes, data32, data64, device, args.repeats, say))
@@ -566,12 +601,14 @@ def main():
         say(f"{args.sweep_configs}-config sweep ...")
         results.update(bench_sweep(sizes, data32, device, args.sweep_configs, args.repeats,
                                    say))
-    if "peak_gflops" in results:
+    # jaxnet's rows are measured against the peak of the device they ran on.
+    jaxnet_peak = results.get("device_peak_gflops", results.get("peak_gflops"))
+    if jaxnet_peak:
         for fraction, gflops in (("grid_peak_fraction", "grid_jaxnet_steady_gflops"),
                                  ("sweep_peak_fraction", "sweep_steady_gflops"),
                                  ("single_peak_fraction", "jaxnet_single_gflops")):
             if gflops in results:
-                results[fraction] = results[gflops] / results["peak_gflops"]
+                results[fraction] = results[gflops] / jaxnet_peak
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(report(results))
     if args.json:

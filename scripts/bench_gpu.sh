@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU rows of docs/benchmarks.md, in one command, on a machine with a CUDA
+# GPU and jax installed with CUDA support:
+#
+#   scripts/bench_gpu.sh OUT_DIR [CIFAR10_DIR]
+#
+# OUT_DIR receives, in this order (the most wanted figures first):
+#   bench_sweep.json   scripts/bench.py: matrix peaks (numpy on the host, jax on
+#                      the GPU) and a 1,024-config sweep of the notebook's shape
+#   bench_gpu.json     scripts/bench.py: the single run and the notebook's grid,
+#                      numpy on the host against jaxnet on the GPU
+#   train_notebook/, train_best/
+#                      scripts/train.py --device gpu --eval-test, the notebook's
+#                      run and --preset best (in $RUNS_DIR instead, if set);
+#                      these need CIFAR-10 in CIFAR10_DIR (or the default folder)
+#   log.txt            everything printed
+# Every step runs even if one before it failed; the exit status is 1 if any
+# failed. PYTHON picks the interpreter (default python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: scripts/bench_gpu.sh OUT_DIR [CIFAR10_DIR]}
+data=${2:-}
+runs=${RUNS_DIR:-$out}
+python=${PYTHON:-python3}
+mkdir -p "$out" "$runs"
+log="$out/log.txt"
+failed=0
+
+step() {
+  echo "== $*" | tee -a "$log"
+  "$@" 2>&1 | tee -a "$log"
+  local status=${PIPESTATUS[0]}
+  if [ "$status" != 0 ]; then
+    echo "== failed with status $status: $*" | tee -a "$log"
+    failed=1
+  fi
+}
+
+export PYTHONUNBUFFERED=1
+step nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+step "$python" scripts/bench.py --device gpu --only peak,sweep --sweep-configs 1024 \
+  --json "$out/bench_sweep.json"
+step "$python" scripts/train.py --device gpu --eval-test --out "$runs/train_notebook" \
+  ${data:+--data-dir "$data"}
+step "$python" scripts/bench.py --device gpu --only peak,single,grid --json "$out/bench_gpu.json"
+step "$python" scripts/train.py --device gpu --preset best --eval-test --out "$runs/train_best" \
+  ${data:+--data-dir "$data"}
+exit "$failed"
