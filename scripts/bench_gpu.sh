@@ -17,10 +17,14 @@
 # Every step runs even if one before it failed; the exit status is 1 if any
 # failed. PYTHON picks the interpreter (default python3).
 set -uo pipefail
+if [ $# -lt 1 ] || [ "$1" = -h ] || [ "$1" = --help ]; then
+  sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'
+  [ $# -ge 1 ]; exit  # 0 for --help, 1 without arguments
+fi
+out=$(realpath -m "$1")
+data=${2:+$(realpath -m "$2")}
+runs=$(realpath -m "${RUNS_DIR:-$out}")
 cd "$(dirname "$0")/.."
-out=${1:?usage: scripts/bench_gpu.sh OUT_DIR [CIFAR10_DIR]}
-data=${2:-}
-runs=${RUNS_DIR:-$out}
 python=${PYTHON:-python3}
 mkdir -p "$out" "$runs"
 log="$out/log.txt"

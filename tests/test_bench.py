@@ -52,10 +52,12 @@ def test_quick_run_describes_the_machine_and_the_flop_count(quick_results):
         results["numpy_f32_s"] / results["jaxnet_single_s"])
     assert results["grid_speedup_f64"] == pytest.approx(
         results["grid_numpy_f64_s"] / results["grid_jaxnet_s"])
+    # jaxnet's rows are measured against the peak of their own device.
+    jaxnet_peak = results.get("device_peak_gflops", results["peak_gflops"])
     assert results["grid_peak_fraction"] == pytest.approx(
-        results["grid_jaxnet_steady_gflops"] / results["peak_gflops"])
+        results["grid_jaxnet_steady_gflops"] / jaxnet_peak)
     for row in ("matrix peak", "numpy reference float64", "jaxnet float32", "run_sweep",
-                "peak RSS", "targets:"):
+                "peak RSS", "targets (cpu):"):
         assert row in stdout, row
 
 
@@ -85,3 +87,29 @@ def test_bad_arguments_give_one_line_and_status_2(args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+GPU_SCRIPT = REPO / "scripts" / "bench_gpu.sh"
+
+
+def test_gpu_script_runs_every_step_past_failures_and_reports_them(tmp_path):
+    # PYTHON=false makes each Python step fail at once: every step must still run.
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": "false", "RUNS_DIR": str(tmp_path / "runs")}
+    out = subprocess.run(["bash", str(GPU_SCRIPT), str(tmp_path / "out"), str(tmp_path)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 1
+    log = (tmp_path / "out" / "log.txt").read_text()
+    steps = [line for line in log.splitlines() if line.startswith("== ") and
+             "failed" not in line]
+    assert [s.split()[2] for s in steps[1:]] == ["scripts/bench.py", "scripts/train.py",
+                                                 "scripts/bench.py", "scripts/train.py"]
+    assert "--sweep-configs 1024" in steps[1] and "--preset best" in steps[4]
+    assert f"--out {tmp_path / 'runs'}/train_best --data-dir {tmp_path}" in steps[4]
+    assert log.count("== failed with status 1: false") == 4
+
+
+@pytest.mark.parametrize("args, status", [(["--help"], 0), ([], 1)])
+def test_gpu_script_usage(args, status):
+    out = subprocess.run(["bash", str(GPU_SCRIPT), *args], capture_output=True, text=True)
+    assert out.returncode == status
+    assert "scripts/bench_gpu.sh OUT_DIR [CIFAR10_DIR]" in out.stdout

@@ -135,6 +135,7 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path, cifar_fixture):
         print(worst, worst_w, four.best_index == one.best_index)
     """)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=env, cwd=REPO)
