@@ -18,7 +18,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        # Identity, not equality: a default of 0 or 0.0 is worth showing (0 == False).
+        if (action.default is None or action.default is False
+                or action.default is argparse.SUPPRESS or "default" in text):
             return text
         return text + " (default: %(default)s)"
 

@@ -72,14 +72,14 @@ def plot_weights(W1: np.ndarray, path, image_shape=(32, 32, 3)) -> Path:
 
 def most_varied(rows: list, candidates) -> list:
     """The (up to two) fields among ``candidates`` with the most distinct values in ``rows``."""
-    counts = {name: len({row[name] for row in rows}) for name in candidates}
+    counts = {name: len({row.get(name) for row in rows}) for name in candidates}
     return sorted((n for n in counts if counts[n] > 1), key=lambda n: -counts[n])[:2]
 
 
 def plot_heatmap(rows: list, path, value: str = "val_acc",
                  candidates=("learning_rate", "reg", "hidden_size", "batch_size",
                              "learning_rate_decay", "std", "dropout", "weight_decay",
-                             "momentum", "num_iters")) -> Path:
+                             "momentum", "num_iters", "preprocess")) -> Path:
     """Heatmap of ``value`` over the two most varied hyperparameters of a sweep.
 
     rows: one dict per config (hyperparameters and outcomes). Each cell shows

@@ -9,7 +9,7 @@ from PIL import Image
 
 from jaxnet import checkpoint
 from jaxnet.checkpoint import load_checkpoint, save_checkpoint
-from jaxnet.plots import plot_history, plot_weights, visualize_grid
+from jaxnet.plots import most_varied, plot_heatmap, plot_history, plot_weights, visualize_grid
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -285,3 +285,16 @@ def test_visualize_grid_integer_and_constant_images():
         visualize_grid(np.zeros((0, 32, 32, 3)))
     with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
         visualize_grid(np.zeros((32, 32, 3)))
+
+
+def test_heatmap_axes_include_preprocessing_when_it_varies(tmp_path):
+    rows = [{"learning_rate": lr, "reg": 0.25, "preprocess": kind, "val_acc": 0.1 * i}
+            for i, (lr, kind) in enumerate((lr, kind) for lr in (1e-4, 1e-3, 1e-2)
+                                           for kind in ("none", "zca"))]
+    assert most_varied(rows, ("learning_rate", "reg", "preprocess")) == \
+        ["learning_rate", "preprocess"]
+    # Rows of a sweep without --preprocess have no such column.
+    plain = [{k: v for k, v in r.items() if k != "preprocess"} for r in rows]
+    assert most_varied(plain, ("learning_rate", "reg", "preprocess")) == ["learning_rate"]
+    path = plot_heatmap(rows, tmp_path / "heatmap.png")
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
