@@ -5,9 +5,9 @@ Everything is measured in one run on the same machine, so the ratios mean
 something even where absolute times do not (a shared machine is noisy; each
 number is the median of several repeats):
 
-  peak    float32 matrix-multiply peak: a 2048x2048 product with numpy; with
-          --device gpu also the GPU's, an 8192x8192 product with jax (the
-          jaxnet rows' "% peak" is then against the GPU's)
+  peak    float32 matrix-multiply peak: a 2048x2048 product with numpy; when
+          jaxnet runs on a GPU, also the GPU's, an 8192x8192 product with jax
+          (the jaxnet rows' "% peak" is then against the GPU's)
   single  the notebook's run (hidden 50, batch 200, 1000 iterations): the numpy
           reference loop (jaxnet.reference.train) in float64 and float32, and
           jaxnet's solver.train in float32, steady state and compile time
@@ -484,7 +484,7 @@ def report(results: dict) -> str:
                      f"{'':9} {peak:8.1f} {100:6.0f}%")
     if "device_peak_gflops" in results:
         size = results["device_peak_size"]
-        name = f"device peak (jax f32 {size}x{size}, {results['matmul_precision']} precision)"
+        name = f"device peak (jax f32 {size}x{size}, {results['matmul_precision']})"
         lines.append(f"{name:44} {'':9} {device_peak:8.1f} {100:6.0f}%")
     row("single: numpy reference float64", "numpy_f64_s", "numpy_f64_gflops")
     row("single: numpy reference float32", "numpy_f32_s", "numpy_f32_gflops")

@@ -104,7 +104,8 @@ def test_gpu_script_runs_every_step_past_failures_and_reports_them(tmp_path):
     assert [s.split()[2] for s in steps[1:]] == ["scripts/bench.py", "scripts/train.py",
                                                  "scripts/bench.py", "scripts/train.py"]
     assert "--sweep-configs 1024" in steps[1] and "--preset best" in steps[4]
-    assert f"--out {tmp_path / 'runs'}/train_best --data-dir {tmp_path}" in steps[4]
+    real = tmp_path.resolve()
+    assert f"--out {real / 'runs'}/train_best --data-dir {real}" in steps[4]
     assert log.count("== failed with status 1: false") == 4
 
 
