@@ -34,6 +34,7 @@ Examples:
 import argparse
 import dataclasses
 import json
+import operator
 import os
 import platform
 import resource
@@ -446,6 +447,14 @@ TARGETS = [
 ]
 
 
+def jaxnet_peak(results: dict) -> float | None:
+    """The peak jaxnet's rows are measured against: that of the device they ran on."""
+    return results.get("device_peak_gflops", results.get("peak_gflops"))
+
+
+COMPARISONS = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+
+
 def report(results: dict) -> str:
     peak = results.get("peak_gflops")
     lines = []
@@ -465,7 +474,7 @@ def report(results: dict) -> str:
     header = f"{'row':44} {'seconds':>9} {'GFLOP/s':>8} {'% peak':>7} {'speedup':>8}"
     lines += [header, "-" * len(header)]
 
-    device_peak = results.get("device_peak_gflops", peak)
+    device_peak = jaxnet_peak(results)
 
     def row(name, seconds_key, gflops_key=None, speedup_key=None, note=""):
         if seconds_key not in results:
@@ -517,8 +526,7 @@ def report(results: dict) -> str:
         lines += ["", f"targets ({platform}):"]
         for key, op, limit, text in checks:
             value = results[key]
-            ok = {">=": value >= limit, "<=": value <= limit, "<": value < limit}[op]
-            verdict = "met " if ok else "MISS"
+            verdict = "met " if COMPARISONS[op](value, limit) else "MISS"
             lines.append(f"  {verdict} {text}: {value:.3g} (target {op} {limit:g})")
     return "\n".join(lines)
 
@@ -604,14 +612,13 @@ def main():
         say(f"{args.sweep_configs}-config sweep ...")
         results.update(bench_sweep(sizes, data32, device, args.sweep_configs, args.repeats,
                                    say))
-    # jaxnet's rows are measured against the peak of the device they ran on.
-    jaxnet_peak = results.get("device_peak_gflops", results.get("peak_gflops"))
-    if jaxnet_peak:
+    peak = jaxnet_peak(results)
+    if peak:
         for fraction, gflops in (("grid_peak_fraction", "grid_jaxnet_steady_gflops"),
                                  ("sweep_peak_fraction", "sweep_steady_gflops"),
                                  ("single_peak_fraction", "jaxnet_single_gflops")):
             if gflops in results:
-                results[fraction] = results[gflops] / jaxnet_peak
+                results[fraction] = results[gflops] / peak
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(report(results))
     if args.json:
