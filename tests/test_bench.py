@@ -114,3 +114,33 @@ def test_gpu_script_usage(args, status):
     out = subprocess.run(["bash", str(GPU_SCRIPT), *args], capture_output=True, text=True)
     assert out.returncode == status
     assert "scripts/bench_gpu.sh OUT_DIR [CIFAR10_DIR]" in out.stdout
+
+
+PARTS_SCRIPT = REPO / "scripts" / "bench_parts.py"
+
+
+def test_parts_quick_run_times_every_piece_and_batch_size(tmp_path):
+    out = tmp_path / "parts.json"
+    proc = subprocess.run([sys.executable, str(PARTS_SCRIPT), "--quick", "--repeats", "2",
+                           "--steps", "5", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["shapes"] == {"N": 600, "D": 96, "H": 8, "B": 20}
+    assert results["steps"] == 5 and results["repeats"] == 2
+    for side in ("jaxnet_ms", "numpy_ms"):
+        assert sorted(results[side]) == ["backward", "forward", "gather"]
+    assert sorted(results["forward_by_batch"], key=int) == ["8", "20"]
+    for row in results["forward_by_batch"].values():
+        assert row["numpy_ms"] > 0 and math.isfinite(row["jaxnet_ms"])
+    assert all(v > 0 for v in results["numpy_ms"].values())
+    assert results["peak_gflops"] > 0
+    for text in ("matrix peak", "numpy/jaxnet", "forward product by batch size"):
+        assert text in proc.stdout, text
+
+
+def test_parts_rejects_zero_steps():
+    proc = subprocess.run([sys.executable, str(PARTS_SCRIPT), "--steps", "0"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "--steps" in proc.stderr
+    assert "Traceback" not in proc.stderr
