@@ -21,7 +21,7 @@ whose buffers are reused from step to step as in training; a Python loop for
 numpy); a row is the median over --repeats calls divided by --steps, in
 milliseconds. jaxnet's forward steps also rescale W1 by the loop's carry, so
 that XLA cannot hoist the product out of the loop; that rescaling is timed
-alone and subtracted (the backward steps rescale dH, 50 times fewer numbers,
+alone and subtracted (the backward steps rescale dH, 15 times fewer numbers,
 and keep it). The inputs are random numbers of CIFAR-10's shape.
 
 Examples:
