@@ -16,6 +16,8 @@ splits the product's columns (the batch) between threads in fixed tiles shows
 a staircase there: equal times for batch sizes that need as many tiles per
 thread.
 
+Everything runs on the CPU: that is where the pieces' balance matters (on a
+GPU they are bound by kernel launches; scripts/bench.py has the GPU rows).
 Each timed call runs the piece for --steps steps (a compiled loop for jaxnet,
 whose buffers are reused from step to step as in training; a Python loop for
 numpy); a row is the median over --repeats calls divided by --steps, in
@@ -182,15 +184,13 @@ def parse_args():
                         help="steps per timed call")
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes that run in seconds: checks the harness, not the speed")
-    parser.add_argument("--device", choices=["cpu", "gpu"], default=None,
-                        help="device of the jaxnet rows (default: JAX's default device)")
     return parser.parse_args()
 
 
 def main():
     args = parse_args()
     shapes = QUICK_SHAPES if args.quick else SHAPES
-    device = runs.select_device(args.device)
+    device = jax.devices("cpu")[0]
     results = {"machine": machine_info(device), "shapes": shapes, "repeats": args.repeats,
                "steps": args.steps, "data": "random float32 normal"}
     results.update(bench_peak(QUICK if args.quick else Sizes(), args.repeats))
