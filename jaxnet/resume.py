@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -163,7 +164,12 @@ class Checkpoint:
         """Raise ``Interrupted`` when a signal asked to stop (after the caller saved)."""
         signum = stop_requested()
         if signum is not None:
-            raise Interrupted(signum, self.folder if self.path.exists() else None)
+            saved = self.folder.is_dir() and any(self.folder.glob("*.npz"))
+            raise Interrupted(signum, self.folder if saved else None)
+
+    def remove(self) -> None:
+        """Delete the folder, once the run it belongs to is complete."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def save(self, identity: dict, arrays: dict, meta: dict) -> None:
         """Write one progress file: ``arrays`` and JSON ``meta`` with ``identity``.

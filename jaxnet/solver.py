@@ -524,7 +524,7 @@ def loop_inputs(transform: tuple | None, augments: bool, X, X_val) -> tuple:
 def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict | None = None,
           batches: np.ndarray | None = None, progress: Callable | None = None,
           chunk_size: int = 100, input_transform: tuple | None = None,
-          checkpoint: "resume.Checkpoint | None" = None) -> TrainResult:
+          checkpoint: resume.Checkpoint | None = None) -> TrainResult:
     """Train one network; the loop runs compiled, ``chunk_size`` steps per device call.
 
     X: (N, D), y: (N,) ints; X_val: (M, D), y_val: (M,). ``params`` defaults to
