@@ -136,15 +136,22 @@ class Checkpoint:
     """
 
     def __init__(self, folder: Path, every: float = 60.0, resume: bool = False,
-                 name: str = "progress", say=lambda message: None, _clock: list | None = None):
+                 name: str = "progress", say=lambda message: None, _timing: dict | None = None):
         self.folder, self.every, self.resume, self.name, self.say = (
             Path(folder), every, resume, name, say)
-        self._clock = _clock if _clock is not None else [time.monotonic()]
+        # When the last save ended, and the seconds spent saving: shared with the children.
+        self._timing = _timing if _timing is not None else {"last": time.monotonic(),
+                                                            "spent": 0.0}
 
     def child(self, name: str) -> "Checkpoint":
         """The checkpoint of one part of the run (a preprocessing kind, a search stage)."""
         return Checkpoint(self.folder, self.every, self.resume, f"{self.name}-{name}", self.say,
-                          self._clock)
+                          self._timing)
+
+    @property
+    def seconds_saving(self) -> float:
+        """Wall time spent writing progress files so far (this one and its children)."""
+        return self._timing["spent"]
 
     @property
     def path(self) -> Path:
@@ -158,7 +165,7 @@ class Checkpoint:
         """Whether a save is due: the interval has passed, or a signal asked to stop."""
         if stop_requested() is not None:
             return True
-        return self.every > 0 and time.monotonic() - self._clock[0] >= self.every
+        return self.every > 0 and time.monotonic() - self._timing["last"] >= self.every
 
     def stop_if_requested(self) -> None:
         """Raise ``Interrupted`` when a signal asked to stop (after the caller saved)."""
@@ -177,6 +184,7 @@ class Checkpoint:
         The file is complete and synced under a temporary name before the current
         one becomes ``NAME.previous.npz`` and the new one takes its place.
         """
+        start = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
         document = json.dumps({"identity": identity, "version": VERSION, **meta})
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{self.name}.", suffix=".tmp")
@@ -198,7 +206,8 @@ class Checkpoint:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-        self._clock[0] = time.monotonic()
+        self._timing["last"] = time.monotonic()
+        self._timing["spent"] += self._timing["last"] - start
 
     def load(self, identity: dict, check=lambda arrays, meta: None) -> tuple | None:
         """``(arrays, meta)`` of the newest usable progress file, or None when there is none

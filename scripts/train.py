@@ -8,6 +8,7 @@ epoch, reg 0.25, init std 1e-4 (validation accuracy about 0.29).
 The run folder (--out, default runs/<time>) receives config.json,
 history.json, metrics.json (train_acc, val_acc, with --eval-test test_acc on
 the first --num-test test images and test_acc_full on all of them, wall_s,
+checkpoint_wall_s (of it, the time spent saving progress),
 device), params.npz (a checkpoint that also holds the mean image), loss_acc.png
 and weights.png. The reported params are those with the best validation
 accuracy, checked at every epoch end and after the last step.
@@ -112,7 +113,8 @@ def main():
         metrics = runs.save_run(out, config, kind, transform, result.best_params,
                                 result.history, dataset, args.eval_test, args.num_test,
                                 final_val_acc=result.history["val_acc_history"][-1],
-                                wall_s=result.wall_s, device=str(device))
+                                wall_s=result.wall_s, checkpoint_wall_s=checkpoint.seconds_saving,
+                                device=str(device))
     checkpoint.remove()
     print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_acc" in k) +
           f"  ({metrics['wall_s']:.1f} s on {device})")

@@ -267,7 +267,7 @@ def uninterrupted(npz_data, tmp_path_factory) -> tuple:
     return run_folder(out)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_train_script_killed_then_resumed_equals_uninterrupted(signum, npz_data, uninterrupted,
                                                                 tmp_path):
     out = tmp_path / "run"
@@ -278,11 +278,12 @@ def test_train_script_killed_then_resumed_equals_uninterrupted(signum, npz_data,
     wait_for(out / "checkpoint" / "progress.previous.npz", process)
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == (-9 if signum == signal.SIGKILL else 143)
-    if signum == signal.SIGTERM:
+    assert process.returncode == {signal.SIGKILL: -9, signal.SIGTERM: 143, signal.SIGINT: 130}[
+        signum]
+    if signum != signal.SIGKILL:
         assert stderr.strip().splitlines()[-1] == (
-            f"error: stopped by SIGTERM; progress saved in {out / 'checkpoint'}; continue "
-            f"with: python {REPO / 'scripts' / 'train.py'} --resume {out}")
+            f"error: stopped by {signum.name}; progress saved in {out / 'checkpoint'}; "
+            f"continue with: python {REPO / 'scripts' / 'train.py'} --resume {out}")
         assert "Traceback" not in stderr
     assert not (out / "params.npz").exists()
     step = json.loads(str(np.load(out / "checkpoint" / "progress.npz")["meta"]))["step"]
@@ -295,6 +296,24 @@ def test_train_script_killed_then_resumed_equals_uninterrupted(signum, npz_data,
     whole_params, whole_history, whole_metrics, whole_config = uninterrupted
     assert_same_arrays(params, whole_params)
     assert (history, metrics, config) == (whole_history, whole_metrics, whole_config)
+
+
+def test_second_ctrl_c_stops_at_once(npz_data, tmp_path):
+    """Chunks of 100 steps of a 2000-unit net take seconds: the second SIGINT comes while
+    the first waits for the chunk to end."""
+    out = tmp_path / "run"
+    process = subprocess.Popen(script("train.py", "--data", str(npz_data), "--hidden-size",
+                                      "2000", "--out", str(out), "--checkpoint-every", "0"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(out / "checkpoint" / "args.json", process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == ("error: interrupted again; stopped at once, "
+                                               "without saving")
+    assert not list((out / "checkpoint").glob("*.npz"))
 
 
 def test_resume_refuses_changed_flags_and_missing_progress(npz_data, tmp_path):
