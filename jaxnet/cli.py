@@ -6,8 +6,15 @@ line on stderr saying what is wrong and what to do, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import signal
 import sys
+from pathlib import Path
 from typing import Callable
+
+from . import resume
+from .checkpoint import atomic_write
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
 
@@ -37,16 +44,31 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[], object], extra_errors: tuple = ()) -> None:
-    """Run ``main()``; turn the errors a user can cause into one line and exit status 2."""
+    """Run ``main()``; turn the errors a user can cause into one line and exit status 2.
+
+    SIGINT and SIGTERM stop training at its next chunk boundary, after saving its
+    progress (``resume.stop_on_signals``); the process then exits with 128 + the
+    signal's number (130, 143) and one line saying how to continue.
+    """
     try:
-        status = main()
+        with resume.stop_on_signals():
+            status = main()
+            late = resume.stop_requested()
+    except resume.Interrupted as exc:
+        if exc.saved is None:
+            print(f"error: {exc}", file=sys.stderr)
+        else:
+            command = shlex.join(["python", sys.argv[0], "--resume", str(exc.saved.parent)])
+            print(f"error: {exc}; continue with: {command}", file=sys.stderr)
+        sys.exit(128 + exc.signum)
     except USER_ERRORS + tuple(extra_errors) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+    if late is not None:
+        print(f"error: {signal.Signals(late).name} arrived as the run ended; its results are "
+              f"complete", file=sys.stderr)
+        sys.exit(128 + late)
     sys.exit(status or 0)
 
 
@@ -55,6 +77,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 
@@ -160,3 +190,78 @@ class ProgressBar:
         if self.drawn:
             self.stream.write("\n")
             self.drawn = False
+
+
+# Flags that may be given anew when a run is resumed: where the data are, where to run, how
+# often to save and what to print. Every other flag belongs to the run and comes from its
+# folder (checkpoint/args.json), and one given with --resume must agree with it.
+RESUME_FREE = ("resume", "checkpoint_every", "data_dir", "data", "device", "verbose")
+SAVED_ARGS = Path("checkpoint") / "args.json"
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint-every SECONDS and --resume RUN_DIR."""
+    group = parser.add_argument_group("interruption and resume")
+    group.add_argument("--checkpoint-every", type=nonnegative_float, default=60.0,
+                       metavar="SECONDS",
+                       help="save progress into RUN_DIR/checkpoint/ at most this often (0: only "
+                            "when stopped by SIGINT/SIGTERM, which save, then exit 130/143)")
+    group.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the interrupted run in RUN_DIR with its own settings; "
+                            "the result equals an uninterrupted run's")
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The destinations of the options present on the command line ``argv``."""
+    saved = [(action, action.default) for action in parser._actions]
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action, default in saved:
+            action.default = default
+
+
+def resolve_resume(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   argv: list[str] | None = None) -> argparse.Namespace:
+    """``args`` for a new run; for ``--resume RUN_DIR``, the run's saved arguments with
+    ``out`` = RUN_DIR. A flag given now that would change the run is refused."""
+    if not args.resume:
+        return args
+    run_dir = Path(args.resume)
+    saved_path = run_dir / SAVED_ARGS
+    if not run_dir.is_dir():
+        raise ValueError(f"--resume {run_dir}: no such folder")
+    if not saved_path.is_file():
+        raise ValueError(f"--resume {run_dir}: nothing to resume ({SAVED_ARGS} is missing: the "
+                         f"run finished, or this is not a run folder)")
+    try:
+        saved = json.loads(saved_path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"--resume {run_dir}: {saved_path} is unreadable ({exc})") from None
+    current, given = vars(args), given_flags(parser, sys.argv[1:] if argv is None else argv)
+    for name in sorted(given - set(RESUME_FREE)):
+        if name in saved and json.loads(json.dumps(current[name])) != saved[name]:
+            raise ValueError(f"{flag(name)} {current[name]} differs from the run's "
+                             f"{saved[name]}: --resume continues a run with its own settings "
+                             f"(start a new run to change them)")
+    # The run's own settings, except the free flags given now (e.g. data moved elsewhere).
+    merged = {**current, **saved, **{name: current[name] for name in given & set(RESUME_FREE)}}
+    merged.update(resume=args.resume, out=str(run_dir))
+    return argparse.Namespace(**merged)
+
+
+def open_checkpoint(args: argparse.Namespace, out: Path, say=lambda message: None
+                    ) -> resume.Checkpoint:
+    """The checkpoint of the run in ``out``: a new run first saves its arguments there
+    (``--resume`` reads them back)."""
+    folder = Path(out) / SAVED_ARGS.parent
+    if not args.resume:
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = {k: v for k, v in vars(args).items() if k != "resume"}
+        atomic_write(folder / SAVED_ARGS.name,
+                     lambda f: f.write(json.dumps(saved, indent=2).encode() + b"\n"))
+    return resume.Checkpoint(folder, args.checkpoint_every, bool(args.resume), say=say)

@@ -33,7 +33,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from . import cli, preprocess, runs, sweep
+from . import cli, preprocess, resume, runs, sweep
 from .solver import PRESET_PREPROCESS, PRESETS, TrainConfig
 
 CHOICES = ("none",) + preprocess.KINDS
@@ -117,6 +117,7 @@ def count_groups(configs: Sequence[TrainConfig], kinds: Sequence[str]) -> dict[s
 
 def sweep_preprocessed(configs: Sequence[TrainConfig], kinds: Sequence[str], dataset: dict,
                        transforms: dict, progress: Callable | None = None,
+                       checkpoint: resume.Checkpoint | None = None,
                        **options) -> sweep.SweepResult:
     """Train ``configs[i]`` on the rows preprocessed by ``transforms[kinds[i]]``.
 
@@ -124,7 +125,8 @@ def sweep_preprocessed(configs: Sequence[TrainConfig], kinds: Sequence[str], dat
     One ``run_sweep`` per kind (``options`` are its keyword arguments). Returns
     every result in input order and the best over all kinds (on a tie, the kind
     that comes first in ``kinds``). ``progress(group, num_groups, done, total)``
-    numbers the groups across all kinds.
+    numbers the groups across all kinds. ``checkpoint``: each kind's sweep saves
+    its progress in ``checkpoint.child(kind)`` (see ``sweep.run_sweep``).
     """
     if len(kinds) != len(configs):
         raise ValueError(f"need one preprocessing kind per config; got {len(kinds)} kinds "
@@ -145,7 +147,7 @@ def sweep_preprocessed(configs: Sequence[TrainConfig], kinds: Sequence[str], dat
             [configs[i] for i in indices], dataset["X_train"], dataset["y_train"],
             dataset["X_val"], dataset["y_val"], progress=report,
             input_transform=None if transform is None else (transform.mean, transform.matrix),
-            **options)
+            checkpoint=None if checkpoint is None else checkpoint.child(kind), **options)
         for i, r in zip(indices, result.results):
             results[i] = r
         if result.best_index is not None and result.results[result.best_index].val_acc > best_val:
@@ -269,16 +271,18 @@ class Stage(NamedTuple):
 
 def run_stage(name: str, configs: list[TrainConfig], kinds: list[str], dataset: dict,
               transforms: dict, folder: Path, progress: Callable | None = None,
-              **options) -> Stage:
+              checkpoint: resume.Checkpoint | None = None, **options) -> Stage:
     """Train one stage (``sweep_preprocessed``) and write folder/results.csv and .json.
 
-    ``progress(stage, group, num_groups, done, total)``. Raises ValueError (after
-    writing the results) when every config diverged.
+    ``progress(stage, group, num_groups, done, total)``. ``checkpoint``: the
+    stage saves its progress in ``checkpoint.child(name)``. Raises ValueError
+    (after writing the results) when every config diverged.
     """
     report = None if progress is None else (
         lambda g, n, done, total: progress(name, g, n, done, total))
     start = time.perf_counter()
-    result = sweep_preprocessed(configs, kinds, dataset, transforms, report, **options)
+    result = sweep_preprocessed(configs, kinds, dataset, transforms, report,
+                                None if checkpoint is None else checkpoint.child(name), **options)
     wall_s = time.perf_counter() - start
     rows = sweep.results_table(result, kinds)
     write_results(folder, rows, stage=name, wall_s=wall_s)
@@ -289,7 +293,8 @@ def run_stage(name: str, configs: list[TrainConfig], kinds: list[str], dataset: 
 
 def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | None = None,
                say: Callable[[str], None] = lambda message: None, num_test: int = 1000,
-               data_flags: Sequence[str] = (), device: str | None = None, **options) -> dict:
+               data_flags: Sequence[str] = (), device: str | None = None,
+               checkpoint: resume.Checkpoint | None = None, **options) -> dict:
     """Run the coarse, narrow and final stages; return the summary written to out/summary.json.
 
     dataset: as ``runs.load_dataset`` gives it (X_train (N, D), ..., X_test,
@@ -300,8 +305,10 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
     (with test accuracies on the first ``num_test`` and on all test images).
     ``progress(stage, group, num_groups, done, total)``; ``say`` gets one line
     per stage; ``data_flags`` end the scripts/train.py command in the summary;
-    ``device`` (a name) is recorded in best/metrics.json; ``options`` go to
-    ``sweep.run_sweep``.
+    ``device`` (a name) is recorded in best/metrics.json; ``checkpoint``: each
+    stage saves its progress there, and with ``checkpoint.resume`` a finished
+    stage is read back, not trained again, and an unfinished one continues where
+    it stopped; ``options`` go to ``sweep.run_sweep``.
     """
     if "X_test" not in dataset:
         raise ValueError("the search evaluates its answer on a test split; the dataset has no "
@@ -322,7 +329,7 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
         say(f"{name}: {len(configs)} configs, hidden {configs[0].hidden_size}, "
             f"{configs[0].num_iters} iterations")
         done = run_stage(name, configs, kinds, dataset, transforms, out / name, progress,
-                         **options)
+                         checkpoint, **options)
         summary["stages"].append({
             "name": name, "configs": len(configs), "hidden_size": configs[0].hidden_size,
             "num_iters": configs[0].num_iters, "ranges": describe_ranges(ranges),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import model
+from . import model, resume
 from .arrays import aligned_array
 from .augment import IMAGE_SHAPE, augment_rows
 from .validate import check_features, check_labels, check_params
@@ -384,28 +384,39 @@ class TrainResult(NamedTuple):
 
 
 def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedule,
-               chunk_size: int, progress: Callable | None, transform=None):
+               chunk_size: int, progress: Callable | None, transform=None, hook=None):
     """Drive ``chunk_fn`` over the schedule, until the end or until every config stopped early.
 
     Works for one config (``chunk_fn`` outputs (S,)) and for a vmapped group
     (outputs (K, S)). ``progress(done, total, losses)`` is called after each
-    chunk with that chunk's losses. Returns the final state, one history dict
+    chunk with that chunk's losses. ``hook`` (e.g. ``resume.LoopHook``) may
+    ``restore(state, total)`` a ``resume.LoopProgress`` saved earlier, to start
+    from, and gets ``after_chunk(progress)`` after every chunk but the last: the
+    place to save progress or stop. Returns the final state, one history dict
     per config (``loss_history`` per step up to its early stop,
     ``train_acc_history`` and ``val_acc_history`` per epoch) and the best
     validation accuracies (K,).
     """
     total = len(schedule.batches)
-    outputs = []
-    for start in range(0, total, chunk_size):
-        stop = min(start + chunk_size, total)
-        state, out = chunk_fn(state, hp, lrs, *data, schedule.batches[start:stop],
-                              np.arange(start, stop, dtype=np.int32),
-                              schedule.validate[start:stop], transform)
+    done, outputs = 0, []
+    restored = None if hook is None else hook.restore(state, total)
+    if restored is not None:
+        # Placed where the fresh state's leaves are (device, sharding over configs).
+        state = jax.tree.map(lambda fresh, saved: jax.device_put(saved, fresh.sharding),
+                             state, restored.state)
+        done, outputs = restored.step, [list(restored.outputs)]
+    while done < total and not (done and np.all(np.asarray(state.stopped_at) <= done)):
+        stop = min(done + chunk_size, total)
+        state, out = chunk_fn(state, hp, lrs, *data, schedule.batches[done:stop],
+                              np.arange(done, stop, dtype=np.int32),
+                              schedule.validate[done:stop], transform)
         outputs.append([np.atleast_2d(np.asarray(o)) for o in out])
+        done = stop
         if progress is not None:
-            progress(stop, total, outputs[-1][0][0])
-        if np.all(np.asarray(state.stopped_at) <= stop):
-            break
+            progress(done, total, outputs[-1][0][0])
+        if hook is not None and done < total:
+            outputs = [[np.concatenate(o, axis=-1) for o in zip(*outputs)]]
+            hook.after_chunk(resume.LoopProgress(done, state, tuple(outputs[0])))
     losses, train_correct, val_correct = (np.concatenate(o, axis=-1) for o in zip(*outputs))
     batch_size, num_val = schedule.batches.shape[1], len(data[3])
     histories = []
@@ -512,7 +523,8 @@ def loop_inputs(transform: tuple | None, augments: bool, X, X_val) -> tuple:
 
 def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict | None = None,
           batches: np.ndarray | None = None, progress: Callable | None = None,
-          chunk_size: int = 100, input_transform: tuple | None = None) -> TrainResult:
+          chunk_size: int = 100, input_transform: tuple | None = None,
+          checkpoint: resume.Checkpoint | None = None) -> TrainResult:
     """Train one network; the loop runs compiled, ``chunk_size`` steps per device call.
 
     X: (N, D), y: (N,) ints; X_val: (M, D), y_val: (M,). ``params`` defaults to
@@ -524,6 +536,11 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
     ``(X - mean) @ matrix``: X_val is transformed once, each training minibatch
     after its augmentation (without augmentation X is transformed once, up
     front), so W1 is (k, H) and the returned params expect transformed rows.
+    ``checkpoint`` saves progress between chunks, at most every
+    ``checkpoint.every`` seconds, and stops with ``resume.Interrupted`` after a
+    signal; with ``checkpoint.resume`` the run continues from the progress saved
+    there (refused when the config, the data or ``chunk_size`` differ), with
+    the same result as a run never interrupted.
     Returns the final and best-validation params (numpy), the best validation
     accuracy and the histories ``loss_history`` (per step), ``train_acc_history``
     and ``val_acc_history`` (per epoch), plus the wall time in seconds.
@@ -555,9 +572,13 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
         if transform is not None:
             transform = tuple(jnp.asarray(a, dtype) for a in transform)
         chunk_fn = compiled_chunk_fn(config)
+        hook = None if checkpoint is None else checkpoint.loop_hook({
+            "config": dataclasses.asdict(config), "chunk_size": chunk_size,
+            "data": resume.fingerprint(X, y, X_val, y_val, *(transform or ()),
+                                       schedule.batches, *params.values())})
         state, histories, best_val_acc = run_chunks(
             chunk_fn, init_state(config, hp, params, lrs), hp, lrs, data, schedule,
-            chunk_size, progress, transform)
+            chunk_size, progress, transform, hook)
         to_numpy = lambda tree: {k: np.asarray(v) for k, v in tree.items()}  # noqa: E731
         result = TrainResult(
             to_numpy(state.params), to_numpy(state.best_params), float(best_val_acc[0]),

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import model, solver
+from . import model, resume, solver
 from .solver import TrainConfig
 
 # Optimizer state per parameter entry, in units of the parameter's size.
@@ -130,11 +130,12 @@ def _input_size(X: np.ndarray, transform: tuple | None) -> int:
 
 def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Schedule,
                  mesh: Mesh, chunk_size: int, progress: Callable | None,
-                 transform: tuple | None):
+                 transform: tuple | None, hook=None):
     """Train one chunk of a group (same structure) under vmap, sharded over ``mesh``.
 
     ``transform`` (mean (D,), matrix (D, k) or (D,)) is applied to each augmented
-    minibatch inside the loop, shared by every config (not vmapped).
+    minibatch inside the loop, shared by every config (not vmapped). ``hook``: as
+    in ``solver.run_chunks``.
     Returns per-config final and best params (numpy, K leading axis), histories
     (K dicts) and best validation accuracies (K,).
     """
@@ -156,7 +157,7 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
     chunk_fn = solver.compiled_chunk_fn(config, vmapped=True)
     state, histories, best_val_acc = solver.run_chunks(
         chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress,
-        transform)
+        transform, hook)
     K = len(configs)
     params, best_params = ({k: np.asarray(v)[:K] for k, v in tree.items()}
                            for tree in (state.params, state.best_params))
@@ -183,7 +184,8 @@ def _init_fn(config: TrainConfig, num_features: int, num_classes: int) -> Callab
 def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
               max_memory: float | None = None, devices: Sequence | None = None,
               chunk_size: int = 100, progress: Callable | None = None,
-              keep_params: bool = False, input_transform: tuple | None = None) -> SweepResult:
+              keep_params: bool = False, input_transform: tuple | None = None,
+              checkpoint: resume.Checkpoint | None = None) -> SweepResult:
     """Train every config; return their results and the best config's params.
 
     X: (N, D), y: (N,); X_val: (M, D), y_val: (M,). ``max_memory`` (bytes)
@@ -195,6 +197,11 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     ``input_transform`` (mean (D,), matrix (D, k) or (D,)) maps rows to the
     networks' inputs ``(X - mean) @ matrix`` exactly as in ``solver.train``, so
     W1 is (k, H) and the params expect transformed rows.
+    ``checkpoint`` saves the finished configs' results and the training chunk's
+    progress, at most every ``checkpoint.every`` seconds and when the sweep
+    ends, and stops with ``resume.Interrupted`` after a signal; with
+    ``checkpoint.resume`` the sweep continues from there (finished configs are
+    not trained again) with the same results as a sweep never interrupted.
     """
     configs = [c.validate() for c in configs]
     if not configs:
@@ -207,6 +214,13 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     mesh = Mesh(np.array(devices), ("configs",))
     results: list = [None] * len(configs)
     best = (None, -1.0, None)  # index, val_acc, params
+    saved = None
+    if checkpoint is not None:
+        saved = _SweepProgress(checkpoint, {
+            "configs": [dataclasses.asdict(c) for c in configs], "chunk_size": chunk_size,
+            "devices": len(devices), "max_memory": max_memory, "keep_params": keep_params,
+            "data": resume.fingerprint(X, y, X_val, y_val, *(transform or ()))})
+        best = saved.restore(configs, results)
     groups = group_configs(configs)
     for g, indices in enumerate(groups):
         config = configs[indices[0]]
@@ -224,12 +238,14 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
                                             seed=config.seed)
             for start in range(0, len(indices), per_chunk):
                 chunk = indices[start:start + per_chunk]
+                if all(results[i] is not None for i in chunk):  # finished before a resume
+                    continue
                 report = None if progress is None else (
                     lambda done, total, _, g=g: progress(g, len(groups), done, total))
                 t0 = time.perf_counter()
                 params, best_params, histories, best_val = _train_chunk(
                     [configs[i] for i in chunk], data, schedule, mesh, chunk_size, report,
-                    loop_transform)
+                    loop_transform, saved and saved.loop_hook((g, start), results, best))
                 seconds = (time.perf_counter() - t0) / len(chunk)
                 for k, (i, history) in enumerate(zip(chunk, histories)):
                     diverged = not np.all(np.isfinite(history["loss_history"]))
@@ -240,7 +256,98 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
                         {n: v[k] for n, v in params.items()} if keep_params else None)
                     if not diverged and best_val[k] > best[1]:
                         best = (i, float(best_val[k]), {n: v[k] for n, v in best_params.items()})
+                if saved is not None:
+                    saved.chunk_done(results, best)
+    if saved is not None:
+        saved.finished(results, best)
     return SweepResult(results, best[0], best[2])
+
+
+class _SweepProgress:
+    """A sweep's progress file: each finished config's result, the best so far and its
+    params, and the progress of the chunk of configs in training (``position``: its group
+    and its first config's place in the group)."""
+
+    RECORD = ("status", "val_acc", "final_val_acc", "final_train_acc", "final_loss",
+              "history", "seconds")
+
+    def __init__(self, checkpoint: resume.Checkpoint, identity: dict):
+        self.checkpoint, self.identity = checkpoint, identity
+        self.position, self.loop = None, None
+
+    def restore(self, configs: list, results: list) -> tuple:
+        """Fill ``results`` with the saved finished configs; return the saved best
+        (index, val_acc, params), or the empty best when nothing was saved."""
+        found = self.checkpoint.load(self.identity)
+        if found is None:
+            return None, -1.0, None
+        arrays, meta = found
+        try:
+            for key, record in meta["finished"].items():
+                i = int(key)
+                params = ({n: arrays[f"params/{i}/{n}"] for n in ("W1", "b1", "W2", "b2")}
+                          if self.identity["keep_params"] else None)
+                results[i] = ConfigResult(configs[i], *(record[f] for f in self.RECORD), params)
+            index = meta["best"]
+            best = (None, -1.0, None) if index is None else (
+                index, results[index].val_acc,
+                {n: arrays[f"best/{n}"] for n in ("W1", "b1", "W2", "b2")})
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"cannot resume from {self.checkpoint.path}: its sweep records "
+                             f"are inconsistent ({exc!r})") from None
+        if meta.get("position") is not None:
+            self.position, self.loop = tuple(meta["position"]), (arrays, meta["step"])
+        return best
+
+    def save(self, results: list, best: tuple, position=None,
+             loop: resume.LoopProgress | None = None) -> None:
+        finished = {str(i): {f: getattr(r, f) for f in self.RECORD}
+                    for i, r in enumerate(results) if r is not None}
+        arrays = {} if loop is None else resume.loop_arrays(loop)
+        if best[0] is not None:
+            arrays.update({f"best/{n}": v for n, v in best[2].items()})
+        if self.identity["keep_params"]:
+            arrays.update({f"params/{i}/{n}": v for i, r in enumerate(results) if r is not None
+                           for n, v in r.params.items()})
+        self.checkpoint.save(self.identity, arrays, {
+            "finished": finished, "best": best[0], "position": position,
+            "step": None if loop is None else loop.step})
+
+    def loop_hook(self, position: tuple, results: list, best: tuple) -> "_ChunkHook":
+        return _ChunkHook(self, position, results, best)
+
+    def chunk_done(self, results: list, best: tuple) -> None:
+        """After a chunk of configs: save when due, stop when a signal asked to."""
+        if self.checkpoint.due():
+            self.save(results, best)
+        self.checkpoint.stop_if_requested()
+
+    def finished(self, results: list, best: tuple) -> None:
+        """At the end of the sweep: save every result (a resumed run then trains nothing)."""
+        if self.checkpoint.every > 0:
+            self.save(results, best)
+
+
+class _ChunkHook:
+    """``solver.run_chunks``'s hook for one chunk of configs of a sweep."""
+
+    def __init__(self, progress: _SweepProgress, position: tuple, results: list, best: tuple):
+        self.progress, self.position, self.results, self.best = progress, position, results, best
+
+    def restore(self, template, total: int) -> resume.LoopProgress | None:
+        if self.progress.position != self.position:
+            return None
+        arrays, step = self.progress.loop
+        try:
+            return resume.read_loop(arrays, step, template, total)
+        except resume.CorruptCheckpoint as exc:
+            raise ValueError(f"cannot resume from {self.progress.checkpoint.path}: {exc}") \
+                from None
+
+    def after_chunk(self, loop: resume.LoopProgress) -> None:
+        if self.progress.checkpoint.due():
+            self.progress.save(self.results, self.best, self.position, loop)
+        self.progress.checkpoint.stop_if_requested()
 
 
 def _configs_per_chunk(config: TrainConfig, group_size: int, data: tuple,

@@ -29,9 +29,15 @@ config, metrics and the scripts/train.py command that trains it again); and
 best/, the answer's run folder like train.py's (params.npz holds the mean
 image and the preprocessing, so scripts/predict.py can use it).
 
+Progress is saved in OUT/checkpoint/ at most every --checkpoint-every
+seconds; Ctrl-C or SIGTERM saves and stops, and --resume OUT continues the
+search inside the stage it was in (finished stages are read back, not trained
+again), with the same answer as a search never interrupted.
+
 Examples:
   python scripts/search.py
   python scripts/search.py --seed 1 --out searches/seed1
+  python scripts/search.py --resume searches/seed1
 """
 import dataclasses
 import sys
@@ -99,6 +105,7 @@ def build_parser() -> cli.Parser:
     parser.add_argument("--out", help="output folder (default: searches/<date-time>)")
     parser.add_argument("--max-memory", type=float, metavar="MB",
                         help="memory budget in MB; larger groups train in chunks that fit")
+    cli.add_checkpoint_arguments(parser)
     return parser
 
 
@@ -131,7 +138,7 @@ def data_flags(parser: cli.Parser, args) -> list[str]:
 
 def main():
     parser = build_parser()
-    args = parser.parse_args()
+    args = cli.resolve_resume(parser, parser.parse_args())
     plan = make_plan(args)
     device = runs.select_device(args.device)
     devices = [d for d in jax.local_devices() if d.platform == device.platform]
@@ -144,14 +151,18 @@ def main():
         bar.finish()
         print(message, file=sys.stderr)
 
+    checkpoint = cli.open_checkpoint(args, out, say)
+    checkpoint.stop_if_requested()
+
     with jax.default_device(device):
         summary = search.run_search(
             plan, dataset, out, say=say, num_test=args.num_test,
             data_flags=data_flags(parser, args), device=str(device), devices=devices,
             max_memory=None if args.max_memory is None else args.max_memory * 2**20,
-            progress=lambda stage, g, n, done, total: bar.update(
+            checkpoint=checkpoint, progress=lambda stage, g, n, done, total: bar.update(
                 done, total, f"{stage} group {g + 1}/{n} iteration {done}"))
     bar.finish()
+    checkpoint.remove()
     for stage in summary["stages"]:
         top = stage["top"][0]
         print(f"{stage['name']:>6}: {stage['configs']} configs in {stage['wall_s']:.0f} s; best "

@@ -25,6 +25,11 @@ accuracy over the two most varied hyperparameters), and best/, a run folder
 like train.py's for the best config (params.npz with the mean image and the
 fitted preprocessing, so scripts/predict.py can use it; plots, metrics.json).
 With --preprocess the tables have a preprocess column.
+
+Progress (finished configs and the group in training) is saved in
+OUT/checkpoint/ at most every --checkpoint-every seconds; Ctrl-C or SIGTERM
+saves and stops, and --resume OUT continues the sweep with the same results
+as one never interrupted.
 """
 import dataclasses
 import sys
@@ -90,7 +95,8 @@ def parse_args():
                         help="memory budget in MB; larger groups train in chunks that fit")
     parser.add_argument("--top", type=cli.positive_int, default=10,
                         help="rows of the results table to print")
-    return parser.parse_args()
+    cli.add_checkpoint_arguments(parser)
+    return cli.resolve_resume(parser, parser.parse_args())
 
 
 def build_configs(args) -> tuple[list, list]:
@@ -132,6 +138,9 @@ def main():
                                        args.whiten_eps)
     out = Path(args.out or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
+    checkpoint = cli.open_checkpoint(args, out, say=lambda message: print(message,
+                                                                           file=sys.stderr))
+    checkpoint.stop_if_requested()
     num_groups = sum(search.count_groups(configs, kinds).values())
     print(f"{len(configs)} configs in {num_groups} groups on {len(devices)} "
           f"{device.platform} device(s)", file=sys.stderr)
@@ -142,7 +151,7 @@ def main():
         result = search.sweep_preprocessed(
             configs, kinds, dataset, transforms,
             max_memory=None if args.max_memory is None else args.max_memory * 2**20,
-            devices=devices,
+            devices=devices, checkpoint=checkpoint,
             progress=lambda g, n, done, total: bar.update(done, total,
                                                           f"group {g + 1}/{n} iteration {done}"))
         bar.finish()
@@ -157,6 +166,7 @@ def main():
                                   result.best_params, best.history, dataset, args.eval_test,
                                   args.num_test, best_val_acc=best.val_acc,
                                   sweep_wall_s=wall_s, device=str(device))
+    checkpoint.remove()
 
     best_row = next(row for row in rows if row["index"] == result.best_index)
     varied = [n for n in TrainConfig.CONTINUOUS + TrainConfig.STRUCTURE + ("preprocess",)

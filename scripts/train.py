@@ -8,6 +8,7 @@ epoch, reg 0.25, init std 1e-4 (validation accuracy about 0.29).
 The run folder (--out, default runs/<time>) receives config.json,
 history.json, metrics.json (train_acc, val_acc, with --eval-test test_acc on
 the first --num-test test images and test_acc_full on all of them, wall_s,
+checkpoint_wall_s (of it, the time spent saving progress),
 device), params.npz (a checkpoint that also holds the mean image), loss_acc.png
 and weights.png. The reported params are those with the best validation
 accuracy, checked at every epoch end and after the last step.
@@ -21,12 +22,19 @@ split (default: the preset's); the transform is applied to every minibatch
 after augmentation and saved in params.npz with the mean image, so
 scripts/predict.py preprocesses new images the same way.
 
+Progress is saved in the run folder's checkpoint/ at most every
+--checkpoint-every seconds. Ctrl-C or SIGTERM saves and stops (exit status
+130 / 143); --resume RUN_DIR continues the run, with the same result as a run
+never interrupted (bit-identical on the CPU). checkpoint/ is removed when the
+run completes.
+
 Examples:
   python scripts/train.py
   python scripts/train.py --preset best --eval-test
   python scripts/train.py --hidden-size 200 --num-iters 4000 --learning-rate 1e-3 \\
       --reg 0.05 --eval-test
   python scripts/train.py --data mydata.npz --device gpu --out runs/mine
+  python scripts/train.py --resume runs/mine
 """
 import dataclasses
 import sys
@@ -65,7 +73,8 @@ def parse_args():
     parser.add_argument("--out", help="run folder (default: runs/<date-time>)")
     parser.add_argument("--verbose", action="store_true",
                         help="print the notebook's 'iteration 100 / 1000: loss ...' lines")
-    return parser.parse_args()
+    cli.add_checkpoint_arguments(parser)
+    return cli.resolve_resume(parser, parser.parse_args())
 
 
 def main():
@@ -91,17 +100,22 @@ def main():
         transform = preprocess.fit(kind, dataset["X_train"],
                                    k=args.pca_components, eps=args.whiten_eps)
     input_transform = None if transform is None else (transform.mean, transform.matrix)
+    checkpoint = cli.open_checkpoint(args, out, say=lambda message: print(message,
+                                                                           file=sys.stderr))
+    checkpoint.stop_if_requested()
     with jax.default_device(device):
         result = train(dataset["X_train"], dataset["y_train"], dataset["X_val"],
                        dataset["y_val"], config, progress=progress,
-                       input_transform=input_transform)
+                       input_transform=input_transform, checkpoint=checkpoint)
         bar.finish()
         # The run folder keeps the mean image and the fitted transform with the params,
         # so a loaded model preprocesses new images itself (scripts/predict.py).
         metrics = runs.save_run(out, config, kind, transform, result.best_params,
                                 result.history, dataset, args.eval_test, args.num_test,
                                 final_val_acc=result.history["val_acc_history"][-1],
-                                wall_s=result.wall_s, device=str(device))
+                                wall_s=result.wall_s, checkpoint_wall_s=checkpoint.seconds_saving,
+                                device=str(device))
+    checkpoint.remove()
     print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_acc" in k) +
           f"  ({metrics['wall_s']:.1f} s on {device})")
     print(f"run saved in {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")

@@ -1,0 +1,308 @@
+"""Progress saved as training goes, and runs continued exactly after an interruption.
+
+The compiled loop returns to the host between chunks of steps (``solver.run_chunks``);
+that is where progress is saved: the step reached, the loop's carry (params, best
+params, optimizer state, early-stopping counters) and the per-step outputs so far
+(``LoopProgress``). Every random draw of a run is a function of its seed and the
+global step, so a run continued from a checkpoint is bit-identical to one that was
+never interrupted (on the CPU).
+
+- ``Checkpoint`` is a folder of progress files, each a pair ``NAME.npz`` /
+  ``NAME.previous.npz`` (no pickles): a new file is written under a temporary
+  name, synced, and renamed into place only when complete, so the previous one is
+  there until then and is used when the latest turns out unreadable.
+- A checkpoint records what the run is (``identity``: config, a checksum of the
+  data, the chunk size, jaxnet's version); resuming with anything different is
+  refused with a message that names what differs.
+- ``stop_on_signals`` turns SIGINT and SIGTERM into a request that the loop honours
+  at its next chunk boundary: it saves, then raises ``Interrupted``. A second
+  SIGINT ends the process at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from .validate import read_npz
+
+VERSION = "0.5.0"
+OUTPUT_NAMES = ("loss", "train_correct", "val_correct")
+_stop_signal: int | None = None
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal; ``saved`` is the checkpoint folder it can resume from."""
+
+    def __init__(self, signum: int, saved: Path | None):
+        self.signum, self.saved = signum, saved
+        where = f"progress saved in {saved}" if saved else "nothing was saved"
+        super().__init__(f"stopped by {signal.Signals(signum).name}; {where}")
+
+
+def stop_requested() -> int | None:
+    """The signal that asked training to stop (SIGINT or SIGTERM), or None."""
+    return _stop_signal
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While inside, SIGINT and SIGTERM ask the training loop to save and stop at its next
+    chunk boundary (``Checkpoint.after_chunk``) instead of raising inside compiled code.
+    A second SIGINT exits at once (status 130) without saving. Main thread only."""
+    global _stop_signal
+
+    def request(signum, frame):
+        global _stop_signal
+        if _stop_signal is not None and signum == signal.SIGINT:
+            os.write(2, b"\nerror: interrupted again; stopped at once, without saving\n")
+            os._exit(130)
+        _stop_signal = signum
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping at the end of the current "
+                    f"chunk of steps (Ctrl-C again stops at once)\n".encode())
+
+    previous = {s: signal.signal(s, request) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _stop_signal = None
+
+
+def fingerprint(*arrays) -> str:
+    """A SHA-256 checksum of arrays (shapes, dtypes and bytes); None entries count as absent."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            digest.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
+
+
+class LoopProgress(NamedTuple):
+    """A training loop stopped between chunks: ``step`` steps done, the carry ``state``
+    (numpy leaves, shaped as the loop's state) and the outputs, each (K, step)."""
+
+    step: int
+    state: object
+    outputs: tuple
+
+
+def _json(value):
+    """``value`` as JSON would give it back (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(value))
+
+
+def describe_difference(saved: dict, now: dict) -> str | None:
+    """The first difference between two identities, in words, or None when they match."""
+    for key in sorted(set(saved) | set(now)):
+        old, new = saved.get(key), _json(now.get(key))
+        if old == new:
+            continue
+        if key == "data":
+            return ("the data differ (a checksum of the training and validation arrays, the "
+                    "input transform and the minibatches)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            field = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            return f"{key} {field}: saved {old.get(field)!r}, now {new.get(field)!r}"
+        return f"{key}: saved {old!r}, now {new!r}"
+    return None
+
+
+class CorruptCheckpoint(ValueError):
+    """A progress file that cannot be used: truncated, corrupted or inconsistent."""
+
+
+class Checkpoint:
+    """A folder of progress files, how often to write them, and whether to resume from them.
+
+    ``every`` (seconds; 0 = never) is shared by every ``child``, so a sweep of
+    many parts still saves at most that often. ``say`` receives notes (e.g. that
+    the latest file was unreadable and the previous one is used).
+    """
+
+    def __init__(self, folder: Path, every: float = 60.0, resume: bool = False,
+                 name: str = "progress", say=lambda message: None, _timing: dict | None = None):
+        self.folder, self.every, self.resume, self.name, self.say = (
+            Path(folder), every, resume, name, say)
+        # When the last save ended, and the seconds spent saving: shared with the children.
+        self._timing = _timing if _timing is not None else {"last": time.monotonic(),
+                                                            "spent": 0.0}
+
+    def child(self, name: str) -> "Checkpoint":
+        """The checkpoint of one part of the run (a preprocessing kind, a search stage)."""
+        return Checkpoint(self.folder, self.every, self.resume, f"{self.name}-{name}", self.say,
+                          self._timing)
+
+    @property
+    def seconds_saving(self) -> float:
+        """Wall time spent writing progress files so far (this one and its children)."""
+        return self._timing["spent"]
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"{self.name}.npz"
+
+    @property
+    def previous_path(self) -> Path:
+        return self.folder / f"{self.name}.previous.npz"
+
+    def due(self) -> bool:
+        """Whether a save is due: the interval has passed, or a signal asked to stop."""
+        if stop_requested() is not None:
+            return True
+        return self.every > 0 and time.monotonic() - self._timing["last"] >= self.every
+
+    def stop_if_requested(self) -> None:
+        """Raise ``Interrupted`` when a signal asked to stop (after the caller saved)."""
+        signum = stop_requested()
+        if signum is not None:
+            saved = self.folder.is_dir() and any(self.folder.glob("*.npz"))
+            raise Interrupted(signum, self.folder if saved else None)
+
+    def remove(self) -> None:
+        """Delete the folder, once the run it belongs to is complete."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def save(self, identity: dict, arrays: dict, meta: dict) -> None:
+        """Write one progress file: ``arrays`` and JSON ``meta`` with ``identity``.
+
+        The file is complete and synced under a temporary name before the current
+        one becomes ``NAME.previous.npz`` and the new one takes its place.
+        """
+        start = time.monotonic()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        document = json.dumps({"identity": identity, "version": VERSION, **meta})
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{self.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, allow_pickle=False, meta=np.array(document), **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            if self.path.exists():
+                os.replace(self.path, self.previous_path)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # make the renames durable where the OS allows
+            dir_fd = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        self._timing["last"] = time.monotonic()
+        self._timing["spent"] += self._timing["last"] - start
+
+    def load(self, identity: dict, check=lambda arrays, meta: None) -> tuple | None:
+        """``(arrays, meta)`` of the newest usable progress file, or None when there is none
+        (or when not resuming).
+
+        A file whose identity differs from ``identity`` is refused (ValueError naming
+        the difference); an unreadable one, or one that ``check(arrays, meta)``
+        rejects with ``CorruptCheckpoint``, gives way to the previous file.
+        """
+        if not self.resume:
+            return None
+        problems = []
+        for path in (self.path, self.previous_path):
+            if not path.exists():
+                continue
+            try:
+                arrays = read_npz(path)
+                meta = json.loads(str(arrays.pop("meta")))
+                if not isinstance(meta, dict) or "identity" not in meta:
+                    raise CorruptCheckpoint("it has no run identity")
+            except (ValueError, KeyError) as exc:
+                problems.append(f"{path.name} is unreadable ({exc})")
+                continue
+            if meta.get("version") != VERSION:
+                raise ValueError(f"cannot resume from {path}: it was written by jaxnet "
+                                 f"{meta.get('version')}, this is {VERSION}")
+            difference = describe_difference(meta["identity"], identity)
+            if difference is not None:
+                raise ValueError(f"cannot resume from {path}: {difference}")
+            try:
+                check(arrays, meta)
+            except CorruptCheckpoint as exc:
+                problems.append(f"{path.name} is inconsistent ({exc})")
+                continue
+            if problems:
+                self.say(f"warning: {'; '.join(problems)}; resuming from {path.name}")
+            return arrays, meta
+        if problems:
+            raise ValueError(f"cannot resume from {self.folder}: {'; '.join(problems)}, and "
+                             f"there is no earlier progress file")
+        return None
+
+    def loop_hook(self, identity: dict) -> "LoopHook":
+        """The hook of a single training loop (``solver.train``) saving into this file."""
+        return LoopHook(self, identity)
+
+
+def loop_arrays(progress: LoopProgress) -> dict:
+    """The arrays of a progress file for ``progress``: ``state/<i>`` leaves and outputs."""
+    leaves = jax.tree.leaves(progress.state)
+    arrays = {f"state/{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays.update({f"outputs/{name}": np.asarray(out)
+                   for name, out in zip(OUTPUT_NAMES, progress.outputs)})
+    return arrays
+
+
+def read_loop(arrays: dict, step, template, total: int) -> LoopProgress:
+    """The ``LoopProgress`` stored in ``arrays`` at ``step`` of ``total``, shaped like
+    ``template`` (the loop's freshly initialised state); raises ``CorruptCheckpoint`` when
+    it does not fit."""
+    if not isinstance(step, int) or not 0 < step <= total:
+        raise CorruptCheckpoint(f"its step {step!r} is not in [1, {total}]")
+    leaves, treedef = jax.tree.flatten(template)
+    saved = [arrays.get(f"state/{i}") for i in range(len(leaves))]
+    for i, (leaf, value) in enumerate(zip(leaves, saved)):
+        if value is None or value.shape != leaf.shape or value.dtype != leaf.dtype:
+            found = None if value is None else (value.shape, str(value.dtype))
+            raise CorruptCheckpoint(f"state leaf {i} is {found}, expected "
+                                    f"{(leaf.shape, str(leaf.dtype))}")
+    if f"state/{len(leaves)}" in arrays:
+        raise CorruptCheckpoint("it holds more state than the loop has")
+    outputs = tuple(arrays.get(f"outputs/{name}") for name in OUTPUT_NAMES)
+    if any(o is None or o.ndim != 2 or o.shape[1] != step for o in outputs):
+        raise CorruptCheckpoint(f"its outputs do not cover the {step} steps done")
+    state = jax.tree.unflatten(treedef, saved)
+    # Counts and counters can never be negative (a loss can be NaN: a diverged run's).
+    if (np.any(np.asarray(state.best_val_correct) < -1) or np.any(np.asarray(state.stopped_at) < 0)
+            or np.any(outputs[1] < 0) or np.any(outputs[2] < 0)):
+        raise CorruptCheckpoint("its counters are out of range")
+    return LoopProgress(step, state, outputs)
+
+
+class LoopHook:
+    """``solver.run_chunks``'s hook for one run: restores saved progress and saves new."""
+
+    def __init__(self, checkpoint: Checkpoint, identity: dict):
+        self.checkpoint, self.identity = checkpoint, identity
+
+    def restore(self, template, total: int) -> LoopProgress | None:
+        restored = []
+        found = self.checkpoint.load(self.identity, lambda arrays, meta: restored.append(
+            read_loop(arrays, meta.get("step"), template, total)))
+        return restored[-1] if found is not None else None
+
+    def after_chunk(self, progress: LoopProgress) -> None:
+        if self.checkpoint.due():
+            self.checkpoint.save(self.identity, loop_arrays(progress), {"step": progress.step})
+        self.checkpoint.stop_if_requested()
