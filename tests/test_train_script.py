@@ -1,4 +1,4 @@
-"""scripts/train.py end to end on the real CIFAR-10 fixture and on an .npz, and its one-line errors."""
+"""scripts/train.py end to end on a CIFAR-10 fixture and on an .npz, and its one-line errors."""
 import json
 import os
 import subprocess
