@@ -10,7 +10,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from jaxnet import preprocess, solver, sweep
+from PIL import Image
+
+from jaxnet import model, preprocess, solver, sweep
+from jaxnet.checkpoint import load_checkpoint
 from jaxnet.data import get_CIFAR10_data
 from jaxnet.solver import TrainConfig
 from conftest import REPO
@@ -191,9 +194,27 @@ def test_sweep_script_end_to_end(cifar_fixture, tmp_path):
     assert len(json.load(open(out / "results.json"))["results"]) == 4
     metrics = json.load(open(out / "best" / "metrics.json"))
     assert {"train_acc", "val_acc", "test_acc", "best_val_acc"} <= set(metrics)
-    for name in ("heatmap.png", "best/params.npz", "best/loss_acc.png", "best/weights.png"):
-        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or name.endswith(".npz")
-    assert "best: learning_rate=0.0001" in proc.stdout
+    for name in ("heatmap.png", "best/loss_acc.png", "best/weights.png"):
+        with Image.open(out / name) as image:
+            image.load()
+            pixels = np.asarray(image.convert("RGB"))
+        assert image.format == "PNG" and min(pixels.shape[:2]) >= 100, name
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10, f"{name} is nearly blank"
+    # best/ holds the chosen config's best params: they predict the splits as reported.
+    best = rows[0]
+    assert json.load(open(out / "best" / "config.json"))["learning_rate"] == 1e-4
+    checkpoint = load_checkpoint(out / "best" / "params.npz", input_size=3072)
+    assert {k: v.shape for k, v in checkpoint.params.items()} == {
+        "W1": (3072, 8), "b1": (8,), "W2": (8, 10), "b2": (10,)}
+    d = get_CIFAR10_data(cifar_fixture, num_training=150, num_validation=50, num_test=100)
+    for key, split in (("train_acc", "train"), ("val_acc", "val"), ("test_acc", "test")):
+        predicted = np.asarray(model.predict(checkpoint.params, d[f"X_{split}"]))
+        assert metrics[key] == np.mean(predicted == d[f"y_{split}"]), key
+    assert metrics["val_acc"] == metrics["best_val_acc"] == float(best["val_acc"])
+    printed = next(line for line in proc.stdout.splitlines() if line.startswith("best: "))
+    assert printed.startswith(f"best: learning_rate=0.0001, reg={best['reg']}: "
+                              f"train_acc {metrics['train_acc']:.4f} "
+                              f"val_acc {metrics['val_acc']:.4f}")
 
 
 def test_sweep_script_random_search(tmp_path):
