@@ -102,6 +102,9 @@ MUTANTS = (
     Mutant("patience_one_late", SOLVER, "(stale >= config.patience)",
            "(stale > config.patience)",
            ("tests/test_solver.py::test_early_stopping_freezes_params_and_matches_in_a_sweep",)),
+    Mutant("early_stop_keeps_training", SOLVER,
+           "params = jax.tree.map(keep, params, state.params)", "params = params",
+           ("tests/test_selection.py::test_early_stopping_freezes_the_params_at_the_stop",)),
     Mutant("dropout_without_rescaling", SOLVER, "jnp.where(mask, h / keep, 0.0)",
            "jnp.where(mask, h, 0.0)", ("tests/test_augment_dropout.py",)),
     # Sweeps.
@@ -150,6 +153,9 @@ MUTANTS = (
     Mutant("cifar_labels_unchecked", "jaxnet/data.py",
            "labels = check_labels(np.asarray(labels), len(data), NUM_CLASSES, "
            'name=f"{path}: labels")', "labels = np.asarray(labels)", ("tests/test_data.py",)),
+    Mutant("mean_image_includes_validation", "jaxnet/data.py",
+           "mean_image = X_train.mean(axis=0", "mean_image = X.mean(axis=0",
+           ("tests/test_data.py",)),
     Mutant("checkpoint_format_unchecked", "jaxnet/checkpoint.py",
            'if not isinstance(meta, dict) or meta.get("format") != FORMAT:',
            "if not isinstance(meta, dict):", ("tests/test_checkpoint_plots.py",)),

@@ -78,3 +78,22 @@ def test_a_config_that_leads_then_diverges_is_marked_and_never_chosen():
     rows = sweep.results_table(result)
     assert [row["index"] for row in rows][-1] == 1 and rows[-1]["status"] == "diverged"
     assert rows[0]["index"] == result.best_index
+
+
+def test_early_stopping_freezes_the_params_at_the_stop():
+    """After the stop, the steps left change nothing: the final params are those of a run
+    that ends at the stop (the same minibatches and learning rates up to there)."""
+    rng = np.random.RandomState(3)
+    centers = 4 * rng.randn(C, D)
+    X, y = blobs(100, rng, centers)
+    X_val, y_val = blobs(60, rng, centers)
+    config = TrainConfig(hidden_size=8, num_iters=300, batch_size=20, learning_rate=0.1,
+                         reg=1e-3, std=0.01, patience=2, seed=1, dtype="float64")
+    stopped = solver.train(X, y, X_val, y_val, config)
+    stop = len(stopped.history["loss_history"])
+    assert 1 < stop < 300
+    ended = solver.train(X, y, X_val, y_val, TrainConfig(**{**config.__dict__,
+                                                           "num_iters": stop, "patience": 0}))
+    assert ended.history["loss_history"] == stopped.history["loss_history"]
+    for name in ended.params:
+        np.testing.assert_array_equal(stopped.params[name], ended.params[name], err_msg=name)

@@ -18,7 +18,9 @@ from jaxnet.data import get_CIFAR10_data
 from jaxnet.solver import TrainConfig
 from conftest import REPO
 
-BASE = TrainConfig(hidden_size=8, num_iters=40, batch_size=25, std=1e-3, learning_rate=1e-4)
+# Configs that learn (the loss falls from 2.93 to about 2.7 at 1e-2 and 1.6 at 3e-2), so that
+# a wrong update cannot hide behind a flat loss.
+BASE = TrainConfig(hidden_size=8, num_iters=40, batch_size=25, std=1e-2, learning_rate=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,8 @@ def fixture_data(cifar_fixture):
 
 
 def assert_matches_solo(result, data, tol, input_transform=None):
+    losses = result.history["loss_history"]
+    assert np.mean(losses[-5:]) < losses[0] - 0.05, (result.config, losses[0], losses[-5:])
     solo = solver.train(*data, result.config, input_transform=input_transform)
     np.testing.assert_allclose(result.history["loss_history"], solo.history["loss_history"],
                                rtol=0, atol=tol)
@@ -37,7 +41,7 @@ def assert_matches_solo(result, data, tol, input_transform=None):
 
 
 def test_sweep_configs_equal_solo_runs_float32(fixture_data):
-    configs = sweep.grid(BASE, learning_rate=[1e-4, 3e-4], reg=[0.0, 0.5],
+    configs = sweep.grid(BASE, learning_rate=[1e-2, 3e-2], reg=[0.0, 0.5],
                          batch_size=[25, 10], hidden_size=[8, 5])
     assert len(sweep.group_configs(configs)) == 4
     result = sweep.run_sweep(configs, *fixture_data, keep_params=True)
@@ -52,7 +56,7 @@ def test_sweep_configs_equal_solo_runs_float32(fixture_data):
 
 def test_sweep_configs_equal_solo_runs_float64(fixture_data):
     base = dataclasses.replace(BASE, dtype="float64", optimizer="momentum")
-    configs = sweep.grid(base, learning_rate=[1e-4, 3e-4], momentum=[0.5, 0.9])
+    configs = sweep.grid(base, learning_rate=[1e-2, 3e-2], momentum=[0.5, 0.9])
     result = sweep.run_sweep(configs, *fixture_data, keep_params=True)
     assert result.results[0].params["W1"].dtype == np.float64
     for r in result.results:
@@ -64,7 +68,7 @@ def test_sweep_with_input_transform_equals_solo_runs(fixture_data, kind):
     """Augmenting groups transform each minibatch in the loop, the others X up front."""
     transform = preprocess.fit(kind, fixture_data[0], k=20)
     arrays = (transform.mean, transform.matrix)
-    configs = sweep.grid(BASE, learning_rate=[1e-4, 3e-4], flip=[False, True])
+    configs = sweep.grid(BASE, learning_rate=[3e-2, 1e-1], flip=[False, True])
     result = sweep.run_sweep(configs, *fixture_data, keep_params=True, input_transform=arrays)
     assert len(sweep.group_configs(configs)) == 2
     for r in result.results:
@@ -88,7 +92,7 @@ def test_memory_estimate_counts_the_transformed_input_size():
 
 
 def test_diverging_config_is_marked_and_others_unaffected(fixture_data):
-    configs = sweep.grid(BASE, learning_rate=[1e-4, 1e6, 3e-4])
+    configs = sweep.grid(BASE, learning_rate=[1e-2, 1e6, 3e-2])
     result = sweep.run_sweep(configs, *fixture_data, keep_params=True)
     assert [r.status for r in result.results] == ["ok", "diverged", "ok"]
     assert result.best_index in (0, 2)
@@ -99,7 +103,7 @@ def test_diverging_config_is_marked_and_others_unaffected(fixture_data):
 
 
 def test_memory_budget_splits_a_group_without_changing_results(fixture_data):
-    configs = sweep.grid(BASE, learning_rate=[1e-4, 2e-4, 3e-4], reg=[0.0, 0.1])
+    configs = sweep.grid(BASE, learning_rate=[1e-2, 2e-2, 3e-2], reg=[0.0, 0.1])
     data_bytes = sum(np.asarray(a).nbytes for a in fixture_data)
     one = sweep.estimate_memory(BASE, 1, 3072, 10, data_bytes)
     two = sweep.estimate_memory(BASE, 2, 3072, 10, data_bytes)
@@ -126,8 +130,8 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path, cifar_fixture):
         assert len(jax.devices()) == 4
         d = get_CIFAR10_data({str(cifar_fixture)!r}, num_training=150, num_validation=50, num_test=100)
         data = d["X_train"] / 64, d["y_train"], d["X_val"] / 64, d["y_val"]
-        configs = sweep.grid(TrainConfig(hidden_size=8, num_iters=30, batch_size=25, std=1e-3),
-                             learning_rate=[1e-4, 2e-4, 3e-4], reg=[0.0, 0.5])
+        configs = sweep.grid(TrainConfig(hidden_size=8, num_iters=30, batch_size=25, std=1e-2),
+                             learning_rate=[1e-2, 2e-2, 3e-2], reg=[0.0, 0.5])
         four = sweep.run_sweep(configs, *data, keep_params=True)
         one = sweep.run_sweep(configs, *data, keep_params=True, devices=jax.devices()[:1])
         worst = max(np.max(np.abs(np.array(a.history["loss_history"]) -

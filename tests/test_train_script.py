@@ -1,4 +1,5 @@
 """scripts/train.py end to end on a CIFAR-10 fixture and on an .npz, and its one-line errors."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,9 +11,10 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from jaxnet import model
+from jaxnet import model, solver
 from jaxnet.checkpoint import load_checkpoint
 from jaxnet.data import get_CIFAR10_data
+from jaxnet.solver import TrainConfig
 
 SCRIPT = REPO / "scripts" / "train.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -150,6 +152,16 @@ def test_train_script_on_an_npz(small_npz, tmp_path):
     assert ckpt.params["W2"].shape == (8, 4)
     assert ckpt.config["optimizer"] == "momentum"
     check_png(out / "loss_acc.png")
+    # The saved params are the run's best validated params, not its last ones.
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in ckpt.config.items() if k in fields})
+    d = np.load(small_npz)
+    again = solver.train(d["X_train"], d["y_train"], d["X_val"], d["y_val"], config)
+    assert again.history["loss_history"] == pytest.approx(history["loss_history"], abs=1e-6)
+    assert not np.allclose(again.best_params["W1"], again.params["W1"], atol=1e-3)
+    for name in ckpt.params:
+        np.testing.assert_allclose(ckpt.params[name], again.best_params[name], atol=1e-6,
+                                   err_msg=name)
 
 
 @pytest.mark.parametrize("flags, message", [
