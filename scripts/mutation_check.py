@@ -14,7 +14,7 @@ Before the mutants, the chosen tests run once on the unmutated copy
 look caught.
 
 Examples:
-  python scripts/mutation_check.py                   # every mutant, about 5-10 minutes
+  python scripts/mutation_check.py                   # every mutant, about 10 minutes
   python scripts/mutation_check.py --list            # names, files and test selections
   python scripts/mutation_check.py --only momentum_is_sgd --only same_key_every_step
 """
@@ -236,7 +236,7 @@ def try_mutant(mutant: Mutant, root: Path, timeout: float) -> Outcome:
                      f"(bad test selection {' '.join(mutant.tests)}?):\n{output[-2000:]}")
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", action="append", metavar="NAME",
@@ -250,7 +250,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     mutants = list(MUTANTS)
     if args.only:
