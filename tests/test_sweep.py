@@ -9,7 +9,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from PIL import Image
 
 from jaxnet import model, preprocess, solver, sweep
