@@ -14,7 +14,7 @@ Before the mutants, the chosen tests run once on the unmutated copy
 look caught.
 
 Examples:
-  python scripts/mutation_check.py                   # every mutant: 6 min of CPU, 16 on a busy 2-core machine
+  python scripts/mutation_check.py          # every mutant: 6 min of CPU (16 min on a busy machine)
   python scripts/mutation_check.py --list            # names, files and test selections
   python scripts/mutation_check.py --only momentum_is_sgd --only same_key_every_step
 """
