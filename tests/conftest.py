@@ -1,10 +1,13 @@
-"""Shared fixtures: small real CIFAR-10 folders built with the shared script."""
+"""Shared fixtures: CIFAR-10 folders in the official format, built in the repository
+(synthetic images), and the full real dataset for the tests that need real pictures."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from cifar_format import write_cifar10
 
 # The suite runs on the CPU, as CI does: its float32 checks against numpy
 # (1e-4 to 1e-6) assume full float32 products, and on NVIDIA GPUs JAX's default
@@ -21,27 +24,29 @@ FULL_CIFAR10 = Path(os.environ.get(
     "JAXNET_FULL_CIFAR10", Path.home() / ".cache" / "jaxnet" / "cifar10-full"))
 
 
-def make_cifar10(out: Path, per_class: int, tar: Path | None = None) -> str:
-    """Write a real Python-2-pickle fixture into ``out``; return the script's stdout."""
+def make_real_cifar10(out: Path, per_class: int) -> str:
+    """Write CIFAR-10's real images (the shared rebuild) into ``out``; return the script's
+    stdout. Fails the test, never skips it, when the shared script is absent: a green
+    run must mean that every test ran."""
     if not MAKE_CIFAR10.exists():
-        pytest.skip(f"{MAKE_CIFAR10} not found (set JAXNET_SHARED_DATA)")
+        pytest.fail(f"this test needs the real CIFAR-10 images, built by {MAKE_CIFAR10}, "
+                    "which is missing (set JAXNET_SHARED_DATA to the folder holding "
+                    "make_cifar10.py, or JAXNET_FULL_CIFAR10 to a built copy)", pytrace=False)
     cmd = [sys.executable, str(MAKE_CIFAR10), "--out", str(out), "--per-class", str(per_class)]
-    if tar is not None:
-        cmd += ["--tar", str(tar)]
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture(scope="session")
 def cifar_fixture(tmp_path_factory) -> Path:
-    """A folder holding ``cifar-10-batches-py`` with 20 images per class and split."""
+    """A folder holding ``cifar-10-batches-py`` with 20 synthetic images per class and split."""
     root = tmp_path_factory.mktemp("cifar20")
-    make_cifar10(root, per_class=20)
+    write_cifar10(root, per_class=20)
     return root
 
 
 @pytest.fixture(scope="session")
 def cifar_full() -> Path:
-    """A folder holding the full ``cifar-10-batches-py`` (built into a cache once)."""
+    """A folder holding the full real ``cifar-10-batches-py`` (built into a cache once)."""
     if not (FULL_CIFAR10 / "cifar-10-batches-py" / "test_batch").exists():
-        make_cifar10(FULL_CIFAR10, per_class=0)
+        make_real_cifar10(FULL_CIFAR10, per_class=0)
     return FULL_CIFAR10

@@ -44,7 +44,7 @@ def test_training_dropout_rate_and_inverted_scaling(rate):
     assert abs(h.mean() - 1.0) < 6 * np.sqrt(rate / (1 - rate) / n)   # expectation preserved
 
 
-def test_dropout_masks_differ_by_key_and_average_to_evaluation_scores():
+def test_dropout_masks_differ_by_row_and_key_and_average_to_evaluation_scores():
     rate = 0.5
     config = solver.TrainConfig(dropout=rate)
     params = model.init_params(jax.random.key(2), 12, 64, 4, std=0.3)
@@ -52,7 +52,13 @@ def test_dropout_masks_differ_by_key_and_average_to_evaluation_scores():
     copies = 1000                    # every row of the tiled batch draws its own mask
     runs = np.asarray(solver.training_scores(config, hp(rate), params, jnp.tile(X, (copies, 1)),
                                              jax.random.key(6))).reshape(copies, *X.shape[:1], -1)
-    assert not np.allclose(runs[0], runs[1])
+    assert not np.allclose(runs[0], runs[1])        # rows under one key draw their own masks
+    # The same key draws the same masks; another key draws others.
+    first, again, other = (np.asarray(solver.training_scores(config, hp(rate), params, X,
+                                                             jax.random.key(k)))
+                           for k in (6, 6, 7))
+    np.testing.assert_array_equal(again, first)
+    assert np.mean(other != first) > 0.5
     # The output layer is linear in h and E[mask / keep] = 1, so the mean is the eval score,
     # within 6 standard errors of the Monte Carlo mean.
     error = np.abs(runs.mean(axis=0) - np.asarray(model.scores(params, X)))

@@ -160,10 +160,18 @@ def test_init_params_shapes_dtype_and_scale():
 
 
 def test_loss_is_stable_for_huge_scores():
+    """Scores near 1e5 overflow exp() in float32; the loss must still be the right number."""
     params, X, y = random_case(0, 4, 3, 2, 3, dtype=np.float32)
     params["W2"] = params["W2"] * 1e6
+    s = np.asarray(scores(params, X), np.float64)
+    assert np.abs(s).max() > 1e3                     # exp(s) is inf in float32 here
+    top = s.max(axis=1)
+    expected = np.mean(top + np.log(np.exp(s - top[:, None]).sum(axis=1)) - s[np.arange(4), y])
+    assert expected > 100
     value = float(loss(params, X, y))
-    assert np.isfinite(value)
+    assert value == pytest.approx(expected, rel=1e-5)
+    _, grads = loss_and_grad(params, X, y, 0.0)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads.values())
 
 
 def test_predict_of_twolayernet_matches_scores():

@@ -70,7 +70,7 @@ def test_zca_eps_shrinks_small_directions():
 
 
 def test_pca_whitened_fixture_has_identity_covariance(fixture_data):
-    """N = 150 < D = 3072 on the real fixture: the thin-SVD path."""
+    """N = 150 < D = 3072 on the fixture: the thin-SVD path."""
     X = fixture_data["X_train"]
     t = preprocess.fit_pca(X, 40, whiten=True)
     Z = t.apply(X)
