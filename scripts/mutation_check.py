@@ -46,6 +46,10 @@ class Mutant(NamedTuple):
 
 RULES = ("tests/test_update_rules.py",)
 SOLVER = "jaxnet/solver.py"
+RESUME = ("tests/test_resume.py::test_train_resumed_at_any_chunk_equals_uninterrupted",
+          "tests/test_resume.py::test_train_resume_refuses_other_config_data_or_chunking",
+          "tests/test_resume.py::test_inconsistent_progress_is_refused",
+          "tests/test_resume.py::test_sweep_resumed_in_its_second_group_equals_uninterrupted")
 
 MUTANTS = (
     # The optimizers and schedules.
@@ -81,8 +85,8 @@ MUTANTS = (
     # Randomness as a function of (seed, global step).
     Mutant("same_key_every_step", SOLVER, "jax.random.fold_in(base_key, t)", "base_key",
            ("tests/test_step_randomness.py",)),
-    Mutant("step_counts_restart_each_chunk", SOLVER, "np.arange(start, stop, dtype=np.int32)",
-           "np.arange(0, stop - start, dtype=np.int32)", ("tests/test_step_randomness.py",)),
+    Mutant("step_counts_restart_each_chunk", SOLVER, "np.arange(done, stop, dtype=np.int32)",
+           "np.arange(0, stop - done, dtype=np.int32)", ("tests/test_step_randomness.py",)),
     # Sampling, validation, best params, early stopping.
     Mutant("last_row_never_sampled", SOLVER, "rng.randint(0, num_train, size=",
            "rng.randint(0, num_train - 1, size=",
@@ -165,6 +169,17 @@ MUTANTS = (
            ("tests/test_checkpoint_plots.py",)),
     Mutant("labels_past_the_last_class_accepted", "jaxnet/validate.py",
            "y.max() >= num_classes", "y.max() > num_classes", ("tests/test_solver.py",)),
+    # Checkpoints and resume.
+    Mutant("resume_restarts_from_step_zero", SOLVER,
+           "done, outputs = restored.step, [list(restored.outputs)]",
+           "outputs = [list(restored.outputs)]", RESUME),
+    Mutant("resume_ignores_the_config", "jaxnet/resume.py",
+           "if difference is not None:", "if False:", RESUME),
+    Mutant("resume_trusts_inconsistent_state", "jaxnet/resume.py",
+           "if value is None or value.shape != leaf.shape or value.dtype != leaf.dtype:",
+           "if value is None:", RESUME),
+    Mutant("sweep_resume_retrains_finished_configs", "jaxnet/sweep.py",
+           "if all(results[i] is not None for i in chunk):", "if False:", RESUME),
     # The command line.
     Mutant("train_script_saves_the_last_params", "scripts/train.py",
            "result.best_params,", "result.params,", ("tests/test_train_script.py",)),
