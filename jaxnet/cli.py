@@ -6,6 +6,7 @@ line on stderr saying what is wrong and what to do, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable
 
@@ -59,11 +60,35 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+    """argparse type: a finite number > 0."""
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type: an integer seed in [0, 2**32), the range numpy's RandomState takes."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {value}")
+    return value
+
+
+def memory_mb(text: str) -> float | None:
+    """argparse type of --max-memory: megabytes > 0, or inf for no limit (None)."""
+    value = float(text)
+    if not value > 0:      # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number of MB > 0 (inf: no limit), got {text}")
+    return None if math.isinf(value) else value
 
 
 # Help text of each TrainConfig field, shared by train.py (one value) and sweep.py (lists).
@@ -104,11 +129,13 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off; got {text!r}")
 
 
-def field_type(default) -> Callable[[str], object]:
-    """The argparse type that parses one value of a field with this default."""
-    if isinstance(default, bool):
+def field_type(field) -> Callable[[str], object]:
+    """The argparse type that parses one value of a TrainConfig field (a dataclasses.Field)."""
+    if field.name == "seed":
+        return seed
+    if isinstance(field.default, bool):
         return parse_bool
-    return type(default)
+    return type(field.default)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, eval_test: bool = True) -> None:

@@ -91,7 +91,7 @@ def build_parser() -> cli.Parser:
     base = parser.add_argument_group("base config of every stage")
     for field in dataclasses.fields(TrainConfig):
         if field.name not in STAGED:
-            base.add_argument(cli.flag(field.name), type=cli.field_type(field.default),
+            base.add_argument(cli.flag(field.name), type=cli.field_type(field),
                               default=getattr(BASE, field.name),
                               help=cli.CONFIG_HELP[field.name])
     base.add_argument("--train-seed", type=int, default=BASE.seed, help=cli.CONFIG_HELP["seed"])

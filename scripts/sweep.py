@@ -48,7 +48,7 @@ ALIASES = {"learning_rate": ["--lr"]}
 
 def parse_list(field: dataclasses.Field, text: str) -> list:
     """'1e-3,5e-4' -> [0.001, 0.0005], parsed with the field's type."""
-    parse = cli.field_type(field.default)
+    parse = cli.field_type(field)
     try:
         return [parse(item) for item in text.split(",") if item.strip()]
     except (ValueError, TypeError) as exc:

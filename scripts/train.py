@@ -49,7 +49,7 @@ def parse_args():
                         help="starting hyperparameters; flags below override them")
     group = parser.add_argument_group("hyperparameters (defaults: the notebook preset)")
     for field in dataclasses.fields(TrainConfig):
-        group.add_argument(cli.flag(field.name), type=cli.field_type(field.default),
+        group.add_argument(cli.flag(field.name), type=cli.field_type(field),
                            help=f"{cli.CONFIG_HELP[field.name]} (default: {field.default})")
     group = parser.add_argument_group("preprocessing (fitted on the training split)")
     group.add_argument("--preprocess", choices=("none",) + preprocess.KINDS,
