@@ -42,6 +42,9 @@ def load_dataset(args, say=lambda message: print(message, file=sys.stderr)) -> d
     if args.data:
         return data.load_npz(args.data)
     root = Path(args.data_dir) if args.data_dir else data.default_data_dir()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--data-dir {root} is a file; it must be the folder that holds "
+                         f"cifar-10-batches-py (or that folder itself)")
     if not data.cifar10_present(root) and not (root / "data_batch_1").exists():
         say(f"CIFAR-10 not found in {root}; downloading it (about 163 MB) ...")
         try:
