@@ -4,7 +4,10 @@ A checkpoint is one ``.npz`` file (no pickles): the params ``W1, b1, W2, b2``,
 any extra arrays under ``extra/<name>`` (e.g. fitted preprocessing), and a
 JSON document with the config, history and metadata. It is written to a
 temporary file in the same folder and renamed, so a crash never leaves a
-half-written checkpoint under the final name.
+half-written checkpoint under the final name. A folder of several outputs (a
+run folder) gets its ``COMPLETE`` marker last (``mark_complete``), and readers
+check it (``check_complete``), so a half-written folder is never taken for a
+finished one.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ from .validate import check_params, declared, npz_headers, read_npz
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 FORMAT = "jaxnet-checkpoint-1"
+# Written last into every output folder of the commands, so a folder without it
+# (interrupted or failed while writing) is never taken for a finished one.
+MARKER = "COMPLETE"
 
 
 class Checkpoint(NamedTuple):
@@ -141,3 +147,15 @@ def _check_loaded_params(params: dict, path: Path, input_size: int | None) -> No
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
 
+
+def mark_complete(folder: Path) -> None:
+    """Write the folder's completion marker, listing what it holds; call it last."""
+    names = sorted(name for name in os.listdir(folder) if name != MARKER)
+    atomic_write(Path(folder) / MARKER, lambda f: f.write("\n".join(names).encode() + b"\n"))
+
+
+def check_complete(folder: Path) -> None:
+    """Raise ValueError unless ``folder`` holds the completion marker of ``mark_complete``."""
+    if not (Path(folder) / MARKER).is_file():
+        raise ValueError(f"{folder} is an incomplete run folder (no {MARKER} file: writing it "
+                         f"was interrupted or failed); train the model again")
