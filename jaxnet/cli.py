@@ -149,9 +149,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, eval_test: bool = True) 
     group.add_argument("--num-training", type=positive_int, default=49000,
                        help="CIFAR-10 training images (validation: the next --num-validation)")
     group.add_argument("--num-validation", type=positive_int, default=1000)
-    group.add_argument("--num-test", type=positive_int, default=1000,
-                       help="test images of test_acc, the notebook's subset (test_acc_full "
-                            "uses the whole test split)")
+    group.add_argument("--num-test", type=positive_int,
+                       help="test images of test_acc, the notebook's subset (default: 1000, or "
+                            "all of a smaller test split; test_acc_full uses the whole split)")
     if eval_test:
         group.add_argument("--eval-test", action="store_true",
                            help="evaluate the chosen params on the test split")

@@ -26,6 +26,8 @@ from .validate import count_classes, host_memory
 OUTPUT_NAMES = {MARKER, "config.json", "history.json", "metrics.json", "params.npz",
                 "loss_acc.png", "weights.png", "results.csv", "results.json", "heatmap.png",
                 "summary.json", "best", "coarse", "narrow", "final"}
+# The notebook's test subset: test_acc is measured on this many test rows by default.
+NOTEBOOK_TEST_ROWS = 1000
 
 
 def select_device(name: str | None) -> jax.Device:
@@ -106,16 +108,20 @@ def prepare_out(out: Path, overwrite: bool = False) -> None:
             shutil.rmtree(created, ignore_errors=True)
 
 
-def check_test_split(dataset: dict, eval_test: bool, num_test: int) -> None:
-    """Before training: ``eval_test`` needs a test split of at least ``num_test`` rows."""
-    if not eval_test:
-        return
-    if "X_test" not in dataset:
+def check_test_split(dataset: dict, eval_test: bool, num_test: int | None) -> int:
+    """Before training: ``eval_test`` needs a test split, of at least ``num_test`` rows when
+    that is given. Returns the rows of test_acc: ``num_test``, or by default the notebook's
+    1000 (all rows of a smaller split)."""
+    rows = len(dataset["X_test"]) if "X_test" in dataset else 0
+    if eval_test and "X_test" not in dataset:
         raise ValueError("--eval-test needs a test split; the dataset has no X_test (add X_test "
                          "and y_test to the .npz, or leave out --eval-test)")
-    if num_test > len(dataset["X_test"]):
-        raise ValueError(f"--num-test {num_test} exceeds the {len(dataset['X_test'])} rows of "
-                         f"the test split; give --num-test {len(dataset['X_test'])} or fewer")
+    if num_test is None:
+        return min(NOTEBOOK_TEST_ROWS, rows) if eval_test else NOTEBOOK_TEST_ROWS
+    if eval_test and num_test > rows:
+        raise ValueError(f"--num-test {num_test} exceeds the {rows} rows of the test split; "
+                         f"give --num-test {rows} or fewer")
+    return num_test
 
 
 def device_memory(device: jax.Device) -> int:

@@ -60,7 +60,7 @@ def scales(text: str) -> tuple:
 def build_parser() -> cli.Parser:
     plan = SearchPlan()
     parser = cli.Parser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=plan.seed,
+    parser.add_argument("--seed", type=cli.seed, default=plan.seed,
                         help="seed of every stage's random draws")
     stages = parser.add_argument_group("stages")
     for name, kind, help_text in [
@@ -94,11 +94,14 @@ def build_parser() -> cli.Parser:
             base.add_argument(cli.flag(field.name), type=cli.field_type(field),
                               default=getattr(BASE, field.name),
                               help=cli.CONFIG_HELP[field.name])
-    base.add_argument("--train-seed", type=int, default=BASE.seed, help=cli.CONFIG_HELP["seed"])
+    base.add_argument("--train-seed", type=cli.seed, default=BASE.seed, help=cli.CONFIG_HELP["seed"])
     cli.add_data_arguments(parser, eval_test=False)  # the answer is always evaluated on test
-    parser.add_argument("--out", help="output folder (default: searches/<date-time>)")
-    parser.add_argument("--max-memory", type=float, metavar="MB",
-                        help="memory budget in MB; larger groups train in chunks that fit")
+    parser.add_argument("--out", help="output folder, new or empty (default: searches/<date-time>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out be a folder of an earlier search, and clear it first")
+    parser.add_argument("--max-memory", type=cli.memory_mb, metavar="MB",
+                        help="memory budget in MB (inf: none); larger groups train in chunks "
+                             "that fit")
     return parser
 
 
@@ -137,7 +140,10 @@ def main():
     devices = [d for d in jax.local_devices() if d.platform == device.platform]
     dataset = runs.load_dataset(args)
     out = Path(args.out or Path("searches") / time.strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after a stage
+    # The answer is evaluated on test (run_search refuses a dataset without one).
+    num_test = runs.check_test_split(dataset, "X_test" in dataset, args.num_test)
+    search.check_plan(plan, dataset, device, args.max_memory and args.max_memory * 2**20)
+    runs.prepare_out(out, args.overwrite)
     bar = cli.ProgressBar("search")
 
     def say(message):
@@ -146,7 +152,7 @@ def main():
 
     with jax.default_device(device):
         summary = search.run_search(
-            plan, dataset, out, say=say, num_test=args.num_test,
+            plan, dataset, out, say=say, num_test=num_test,
             data_flags=data_flags(parser, args), device=str(device), devices=devices,
             max_memory=None if args.max_memory is None else args.max_memory * 2**20,
             progress=lambda stage, g, n, done, total: bar.update(
