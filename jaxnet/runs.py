@@ -108,6 +108,18 @@ def prepare_out(out: Path, overwrite: bool = False) -> None:
             shutil.rmtree(created, ignore_errors=True)
 
 
+def check_output_file(path: Path, flag: str) -> None:
+    """Check, before the work, that the file ``path`` given by ``flag`` can be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    try:
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path} cannot be written: {path.parent}: "
+                         f"{exc.strerror or exc}") from None
+
+
 def check_test_split(dataset: dict, eval_test: bool, num_test: int | None) -> int:
     """Before training: ``eval_test`` needs a test split, of at least ``num_test`` rows when
     that is given. Returns the rows of test_acc: ``num_test``, or by default the notebook's
