@@ -322,8 +322,9 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
     mean_image). The coarse stage draws with ``plan.seed``, the narrow one with
     ``plan.seed + 1``. Writes out/<stage>/results.csv and results.json as each
     stage ends, out/summary.json (the plan; each stage's ranges, top rows and
-    wall time) after each stage, and out/best/, the final winner's run folder
-    (with test accuracies on the first ``num_test`` and on all test images).
+    wall time) after each stage, out/best/, the final winner's run folder
+    (with test accuracies on the first ``num_test`` and on all test images),
+    and last out/COMPLETE.
     ``progress(stage, group, num_groups, done, total)``; ``say`` gets one line
     per stage; ``data_flags`` end the scripts/train.py command in the summary;
     ``device`` (a name) is recorded in best/metrics.json; ``options`` go to

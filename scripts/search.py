@@ -22,12 +22,13 @@ Draws come from --seed and training is deterministic, so one command repeats
 a search exactly. On CIFAR-10 with a 2-core CPU the three stages took 8 + 14 +
 16 minutes (the final stage trains the best preset's network twice).
 
-Writes to --out (default searches/<date-time>), each stage's files as soon
-as it ends: coarse/, narrow/ and final/ with results.csv and results.json;
-summary.json (each stage's ranges, top rows and wall time, then the answer's
-config, metrics and the scripts/train.py command that trains it again); and
-best/, the answer's run folder like train.py's (params.npz holds the mean
-image and the preprocessing, so scripts/predict.py can use it).
+Writes to --out (default searches/<date-time>; an earlier search's folder
+only with --overwrite), each stage's files as soon as it ends: coarse/,
+narrow/ and final/ with results.csv and results.json; summary.json (each
+stage's ranges, top rows and wall time, then the answer's config, metrics and
+the scripts/train.py command that trains it again); best/, the answer's run
+folder like train.py's (params.npz holds the mean image and the
+preprocessing, so scripts/predict.py can use it); and last COMPLETE.
 
 Examples:
   python scripts/search.py
