@@ -95,7 +95,8 @@ def build_parser() -> cli.Parser:
             base.add_argument(cli.flag(field.name), type=cli.field_type(field),
                               default=getattr(BASE, field.name),
                               help=cli.CONFIG_HELP[field.name])
-    base.add_argument("--train-seed", type=cli.seed, default=BASE.seed, help=cli.CONFIG_HELP["seed"])
+    base.add_argument("--train-seed", type=cli.seed, default=BASE.seed,
+                      help=cli.CONFIG_HELP["seed"])
     cli.add_data_arguments(parser, eval_test=False)  # the answer is always evaluated on test
     parser.add_argument("--out", help="output folder, new or empty (default: searches/<date-time>)")
     parser.add_argument("--overwrite", action="store_true",

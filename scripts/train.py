@@ -11,8 +11,9 @@ val_acc, with --eval-test test_acc on the first --num-test test images and
 test_acc_full on all of them, wall_s, device, diverged), params.npz (a
 checkpoint that also holds the mean image), loss_acc.png, weights.png and,
 last, COMPLETE, the mark of a finished folder. A run whose loss becomes NaN or
-infinite is saved (null in the JSON files) and ends with an error. The reported params are those with the best validation
-accuracy, checked at every epoch end and after the last step.
+infinite is saved (null in the JSON files) and ends with an error. The
+reported params are those with the best validation accuracy, checked at every
+epoch end and after the last step.
 
 --preset best is the strongest configuration found, the answer of
 scripts/search.py (hidden 2000, Adam with cosine decay, dropout, flips and
