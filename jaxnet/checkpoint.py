@@ -4,7 +4,10 @@ A checkpoint is one ``.npz`` file (no pickles): the params ``W1, b1, W2, b2``,
 any extra arrays under ``extra/<name>`` (e.g. fitted preprocessing), and a
 JSON document with the config, history and metadata. It is written to a
 temporary file in the same folder and renamed, so a crash never leaves a
-half-written checkpoint under the final name.
+half-written checkpoint under the final name. A folder of several outputs (a
+run folder) gets its ``COMPLETE`` marker last (``mark_complete``), and readers
+check it (``check_complete``), so a half-written folder is never taken for a
+finished one.
 """
 from __future__ import annotations
 
@@ -18,10 +21,15 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .validate import check_params, read_npz
+from .validate import check_params, declared, npz_headers, read_npz
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
 FORMAT = "jaxnet-checkpoint-1"
+# Written last into every output folder of the commands, so a folder without it
+# (interrupted or failed while writing) is never taken for a finished one.
+MARKER = "COMPLETE"
+# Where a run keeps its progress while it trains (jaxnet.resume; cli.open_checkpoint).
+PROGRESS_FOLDER = "checkpoint"
 
 
 class Checkpoint(NamedTuple):
@@ -102,12 +110,19 @@ def load_checkpoint(path, input_size: int | None = None) -> Checkpoint:
         raise ValueError(f"{path} is not a readable jaxnet checkpoint: it is not an .npz (zip) "
                          f"archive; the file is truncated, corrupted or of another format")
     try:
+        headers = npz_headers(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a readable jaxnet checkpoint (.npz): {exc}") from None
+    missing = [k for k in PARAM_NAMES + ("meta",) if k not in headers]
+    if missing:
+        raise ValueError(f"{path} is not a jaxnet checkpoint: missing {', '.join(missing)}")
+    # The params are checked on their declared shapes, before a byte of them is read.
+    _check_loaded_params({k: v for k, v in declared(headers).items() if k in PARAM_NAMES},
+                         path, input_size)
+    try:
         arrays = read_npz(path)
     except ValueError as exc:
         raise ValueError(f"{path} is not a readable jaxnet checkpoint (.npz): {exc}") from None
-    missing = [k for k in PARAM_NAMES + ("meta",) if k not in arrays]
-    if missing:
-        raise ValueError(f"{path} is not a jaxnet checkpoint: missing {', '.join(missing)}")
     try:
         meta = json.loads(str(arrays.pop("meta")))
     except json.JSONDecodeError as exc:
@@ -116,15 +131,37 @@ def load_checkpoint(path, input_size: int | None = None) -> Checkpoint:
         found = meta.get("format") if isinstance(meta, dict) else meta
         raise ValueError(f"{path}: unknown checkpoint format {found!r}, expected {FORMAT!r}")
     params = {k: arrays[k] for k in PARAM_NAMES}
+    extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
+    return Checkpoint(params, meta.get("config", {}), meta.get("history", {}), extra)
+
+
+def _check_loaded_params(params: dict, path: Path, input_size: int | None) -> None:
+    """Real numbers (integer or float; complex is refused), shapes that fit together."""
     try:
         for name, array in params.items():
-            if not np.issubdtype(array.dtype, np.number):
-                raise ValueError(f"params {name} must hold numbers; got dtype {array.dtype}")
+            if not (np.issubdtype(array.dtype, np.floating)
+                    or np.issubdtype(array.dtype, np.integer)):
+                raise ValueError(f"params {name} must hold real numbers; got dtype {array.dtype}")
         if np.ndim(params["W1"]) != 2 or np.ndim(params["W2"]) != 2:
             raise ValueError(f"params W1 and W2 must be 2-D; got shapes "
                              f"{np.shape(params['W1'])} and {np.shape(params['W2'])}")
         check_params(params, input_size)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
-    return Checkpoint(params, meta.get("config", {}), meta.get("history", {}), extra)
+
+
+def mark_complete(folder: Path) -> None:
+    """Write the folder's completion marker, listing what it holds; call it last.
+
+    The progress of an unfinished run (``PROGRESS_FOLDER``, removed once the run
+    completes) is not part of the finished folder.
+    """
+    names = sorted(name for name in os.listdir(folder) if name not in (MARKER, PROGRESS_FOLDER))
+    atomic_write(Path(folder) / MARKER, lambda f: f.write("\n".join(names).encode() + b"\n"))
+
+
+def check_complete(folder: Path) -> None:
+    """Raise ValueError unless ``folder`` holds the completion marker of ``mark_complete``."""
+    if not (Path(folder) / MARKER).is_file():
+        raise ValueError(f"{folder} is an incomplete run folder (no {MARKER} file: writing it "
+                         f"was interrupted or failed); train the model again")

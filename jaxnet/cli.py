@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import signal
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import resume
-from .checkpoint import atomic_write
+from .checkpoint import PROGRESS_FOLDER, atomic_write
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
 
@@ -89,11 +90,35 @@ def nonnegative_float(text: str) -> float:
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
+    """argparse type: a finite number > 0."""
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def seed(text: str) -> int:
+    """argparse type: an integer seed in [0, 2**32), the range numpy's RandomState takes."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**32), got {value}")
+    return value
+
+
+def memory_mb(text: str) -> float | None:
+    """argparse type of --max-memory: megabytes > 0, or inf for no limit (None)."""
+    value = float(text)
+    if not value > 0:      # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number of MB > 0 (inf: no limit), got {text}")
+    return None if math.isinf(value) else value
 
 
 # Help text of each TrainConfig field, shared by train.py (one value) and sweep.py (lists).
@@ -134,11 +159,13 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected 1/0, true/false, yes/no or on/off; got {text!r}")
 
 
-def field_type(default) -> Callable[[str], object]:
-    """The argparse type that parses one value of a field with this default."""
-    if isinstance(default, bool):
+def field_type(field) -> Callable[[str], object]:
+    """The argparse type that parses one value of a TrainConfig field (a dataclasses.Field)."""
+    if field.name == "seed":
+        return seed
+    if isinstance(field.default, bool):
         return parse_bool
-    return type(default)
+    return type(field.default)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, eval_test: bool = True) -> None:
@@ -152,9 +179,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, eval_test: bool = True) 
     group.add_argument("--num-training", type=positive_int, default=49000,
                        help="CIFAR-10 training images (validation: the next --num-validation)")
     group.add_argument("--num-validation", type=positive_int, default=1000)
-    group.add_argument("--num-test", type=positive_int, default=1000,
-                       help="test images of test_acc, the notebook's subset (test_acc_full "
-                            "uses the whole test split)")
+    group.add_argument("--num-test", type=positive_int,
+                       help="test images of test_acc, the notebook's subset (default: 1000, or "
+                            "all of a smaller test split; test_acc_full uses the whole split)")
     if eval_test:
         group.add_argument("--eval-test", action="store_true",
                            help="evaluate the chosen params on the test split")
@@ -196,7 +223,7 @@ class ProgressBar:
 # often to save and what to print. Every other flag belongs to the run and comes from its
 # folder (checkpoint/args.json), and one given with --resume must agree with it.
 RESUME_FREE = ("resume", "checkpoint_every", "data_dir", "data", "device", "verbose")
-SAVED_ARGS = Path("checkpoint") / "args.json"
+SAVED_ARGS = Path(PROGRESS_FOLDER) / "args.json"
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

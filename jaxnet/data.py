@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
 import operator
 import os
 import pickle
@@ -24,6 +25,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -31,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from .arrays import aligned_empty
-from .validate import check_features, check_labels, read_npz
+from .validate import check_features, check_labels, count_classes, declared, npz_headers, read_npz
 
 try:                                    # numpy >= 2
     from numpy._core.multiarray import _reconstruct
@@ -73,9 +75,10 @@ def download_command(root: str | os.PathLike) -> str:
 
 # ----------------------------------------------------------------------------- download
 
-def cifar10_present(root: str | os.PathLike) -> bool:
-    """True when ``root/cifar-10-batches-py`` holds all seven files of the dataset."""
-    return _complete(_download_root(root) / FOLDER_NAME)
+def cifar10_present(root: str | os.PathLike, thorough: bool = False) -> bool:
+    """True when ``root/cifar-10-batches-py`` holds all seven files of the dataset;
+    with ``thorough``, only when every batch is also readable (a second or so)."""
+    return _complete(_download_root(root) / FOLDER_NAME, thorough)
 
 
 def _download_root(root: str | os.PathLike) -> Path:
@@ -103,7 +106,10 @@ def download_cifar10(root: str | os.PathLike | None = None, url: str | None = No
     url, md5 = _resolve_source(url, md5)
     root = _download_root(root if root is not None else default_data_dir())
     folder = root / FOLDER_NAME
-    if _complete(folder):
+    for path in (root, folder):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} is a file, not a folder; give another folder for CIFAR-10")
+    if _complete(folder, thorough=True):   # a truncated batch is replaced, not trusted
         return folder
     # The topmost folder this call creates, removed again if the download fails.
     created = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
@@ -146,8 +152,16 @@ def _resolve_source(url: str | None, md5: str | None) -> tuple[str, str]:
     return url, md5.lower()
 
 
-def _complete(folder: Path) -> bool:
-    return all((folder / name).is_file() for name in REQUIRED_FILES)
+def _complete(folder: Path, thorough: bool = False) -> bool:
+    """All files present; with ``thorough``, every batch readable too."""
+    if not all((folder / name).is_file() for name in REQUIRED_FILES):
+        return False
+    try:
+        for name in (TRAIN_FILES + TEST_FILES) if thorough else ():
+            _read_batch(folder / name)
+    except ValueError:
+        return False
+    return True
 
 
 def _md5_of_file(path: Path) -> str:
@@ -215,7 +229,13 @@ def _extract(archive: Path, dest: Path, url: str) -> None:
                 with tar.extractfile(member) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out, CHUNK)
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DownloadError(f"{url} is not a readable .tar.gz archive: {exc}") from None
+        # tarfile lists every compression it tried, one per line: keep one line.
+        raise DownloadError(f"{url} is not a readable .tar.gz archive: "
+                            f"{' '.join(str(exc).split())}") from None
+    except (FileExistsError, NotADirectoryError, IsADirectoryError):
+        raise DownloadError(f"refusing the archive from {url}: member {member.name!r} clashes "
+                            f"with another member (one name used for a file and a folder)") \
+            from None
     if not _complete(dest / FOLDER_NAME):
         missing = [n for n in REQUIRED_FILES if not (dest / FOLDER_NAME / n).is_file()]
         raise DownloadError(f"the archive from {url} is not CIFAR-10: {FOLDER_NAME}/ lacks "
@@ -242,7 +262,7 @@ def _member_path(member: tarfile.TarInfo, url: str) -> PurePosixPath:
 def _move_into_place(src: Path, dst: Path, trash: Path) -> None:
     """Rename the extracted folder to ``dst``; an incomplete ``dst`` is moved to ``trash``."""
     if dst.exists() or dst.is_symlink():
-        if _complete(dst):          # another process finished first
+        if _complete(dst, thorough=True):   # another process finished first
             return
         dst.rename(trash)
     src.rename(dst)
@@ -250,12 +270,43 @@ def _move_into_place(src: Path, dst: Path, trash: Path) -> None:
 
 # ----------------------------------------------------------------------------- load
 
+class _CheckedArray:
+    """Built by the unpickler where a pickle reconstructs an ndarray (``.array`` once loaded).
+
+    numpy's own ``__setstate__`` reserves the declared shape before it looks at
+    the bytes, so a pickle of a few bytes claiming 2**40 entries would end in an
+    out-of-memory error; here the shape and dtype are checked against the bytes
+    the pickle carries first.
+    """
+
+    def __init__(self, subtype, shape, typecode):
+        if subtype is not np.ndarray:
+            raise pickle.UnpicklingError("only plain numpy arrays may be reconstructed")
+        self.array = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise pickle.UnpicklingError("an array's state is not numpy's (version, shape, "
+                                         "dtype, fortran, data)")
+        _, shape, dtype, _, raw = state
+        if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)
+                and isinstance(dtype, np.dtype) and not dtype.hasobject
+                and isinstance(raw, (bytes, str))):
+            raise pickle.UnpicklingError("an array is not a plain array of numbers")
+        size = math.prod(shape) * dtype.itemsize
+        if size != len(raw):
+            raise pickle.UnpicklingError(f"an array declares shape {shape} of {dtype} "
+                                         f"({size:,} bytes) but carries {len(raw):,} bytes")
+        self.array = _reconstruct(np.ndarray, (0,), b"b")
+        self.array.__setstate__(state)
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """Unpickles a CIFAR-10 batch: numpy array reconstruction is the only code it may call."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,   # as Python 2 wrote it
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # as numpy 2 writes it
+        ("numpy.core.multiarray", "_reconstruct"): _CheckedArray,   # as Python 2 wrote it
+        ("numpy._core.multiarray", "_reconstruct"): _CheckedArray,  # as numpy 2 writes it
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
     }
@@ -303,6 +354,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
                          f"{type(exc).__name__}: {exc}); {hint}") from None
     if not isinstance(batch, dict):
         raise ValueError(f"{path} holds a {type(batch).__name__}, not a CIFAR-10 batch dict")
+    batch = {k: v.array if isinstance(v, _CheckedArray) else v for k, v in batch.items()}
     data = batch.get("data", batch.get(b"data"))
     labels = batch.get("labels", batch.get(b"labels"))
     if not isinstance(data, np.ndarray) or labels is None:
@@ -432,20 +484,28 @@ def load_npz(path: str | os.PathLike, dtype=np.float32) -> dict[str, np.ndarray]
     Returns those arrays, features as ``dtype`` and labels as int64.
     """
     path = Path(path).expanduser()
+    hint = "save the splits with np.savez(path, X_train=..., y_train=..., ...)"
     try:
-        arrays = read_npz(path)
-    except ValueError as exc:
-        raise ValueError(f"{path} is not a readable .npz of plain arrays: {exc}; save the "
-                         "splits with np.savez(path, X_train=..., y_train=..., ...)") from None
-    splits = ["train", "val"] + (["test"] if "X_test" in arrays or "y_test" in arrays else [])
-    missing = [k for s in splits for k in (f"X_{s}", f"y_{s}") if k not in arrays]
+        headers = npz_headers(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a readable .npz of plain arrays: {exc}; {hint}") \
+            from None
+    splits = ["train", "val"] + (["test"] if "X_test" in headers or "y_test" in headers else [])
+    missing = [k for s in splits for k in (f"X_{s}", f"y_{s}") if k not in headers]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}; it needs X_train, y_train, "
                          "X_val, y_val (and optionally X_test, y_test)")
+    # Shapes first, on the declared headers: a forged or zip-bombed split is refused unread.
+    _check_split_shapes({k: v for k, v in declared(headers).items() if k[2:] in splits}, path)
+    try:
+        arrays = read_npz(path)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a readable .npz of plain arrays: {exc}; {hint}") \
+            from None
     D = check_features(arrays["X_train"], f"{path}: X_train").shape[1]
-    labels = [arrays[f"y_{s}"] for s in splits]
-    num_classes = 1 + max((int(y.max()) for y in labels
-                           if y.size and np.issubdtype(y.dtype, np.integer)), default=0)
+    num_classes = count_classes(*(arrays[f"y_{s}"] for s in splits), name=f"{path}: labels")
     data = {}
     for s in splits:
         X = check_features(arrays[f"X_{s}"], f"{path}: X_{s}")
@@ -455,3 +515,20 @@ def load_npz(path: str | os.PathLike, dtype=np.float32) -> dict[str, np.ndarray]
         y = check_labels(arrays[f"y_{s}"], len(X), num_classes, f"{path}: y_{s}")
         data[f"X_{s}"], data[f"y_{s}"] = X.astype(dtype, copy=False), y.astype(np.int64)
     return data
+
+
+def _check_split_shapes(arrays: dict, path: Path) -> None:
+    """X_<split> (N, D) with one D, y_<split> (N,) with X's N: checked on declared shapes."""
+    D = np.shape(arrays["X_train"])[-1]
+    for name in sorted(arrays):
+        shape = np.shape(arrays[name])
+        if name.startswith("X_") and len(shape) != 2:
+            raise ValueError(f"{path}: {name} must be 2-D (N, D), one example per row; "
+                             f"got shape {shape}")
+        if name.startswith("X_") and shape[1] != D:
+            raise ValueError(f"{path}: {name} has {shape[1]} features per row but X_train "
+                             f"has {D}")
+        rows = np.shape(arrays["X" + name[1:]])[:1]
+        if name.startswith("y_") and len(shape) == 1 and shape != rows:
+            raise ValueError(f"{path}: {name} has {shape[0]} labels but there are {rows[0]} "
+                             f"examples")

@@ -20,6 +20,7 @@ after ``augment_rows`` (the solver's ``input_transform``).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -186,8 +187,8 @@ def fit_pca(X_train: np.ndarray, k: int, whiten: bool = False, eps: float = 0.0)
     X = _rows(X_train)
     if not 1 <= k <= min(X.shape):
         raise ValueError(f"k must be in [1, min(N, D)] = [1, {min(X.shape)}]; got {k}")
-    if whiten and not eps >= 0:
-        raise ValueError(f"eps must be >= 0; got {eps}")
+    if whiten and not (eps >= 0 and np.isfinite(eps)):
+        raise ValueError(f"eps must be finite and >= 0; got {eps}")
     mean, values, vectors = principal_components(X)
     if k > len(values):
         raise ValueError(f"k must be at most the rank of the training rows, {len(values)}; "
@@ -208,8 +209,8 @@ def fit_zca(X_train: np.ndarray, eps: float = 1e-2, relative: bool = True) -> Tr
     amplifies noise), large eps approaches a rescaled identity.
     """
     X = _rows(X_train)
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0; got {eps}")
+    if not (eps > 0 and np.isfinite(eps)):   # an infinite eps whitens everything to 0
+        raise ValueError(f"eps must be finite and > 0; got {eps}")
     mean, values, vectors = principal_components(X)
     D = X.shape[1]
     eps_abs = eps * values.sum() / D if relative else eps
@@ -287,14 +288,24 @@ def load_classifier(path, class_names: tuple = CLASS_NAMES) -> Classifier:
     what does not fit (missing mean, shapes that disagree with W1, a number of
     classes other than ``len(class_names)``).
     """
-    from .checkpoint import load_checkpoint
+    from .checkpoint import MARKER, check_complete, load_checkpoint
 
+    folder = Path(path).parent
+    if any((folder / name).exists() for name in (MARKER, "config.json", "metrics.json")):
+        check_complete(folder)   # a params.npz of a run folder counts once the run is whole
     checkpoint = load_checkpoint(path)
     extra, params = checkpoint.extra, checkpoint.params
     if "mean_image" not in extra:
-        raise ValueError(f"{path} has no mean_image among its extra arrays; it was not saved "
-                         f"by a scripts/train.py that stores its preprocessing")
+        D = params["W1"].shape[0]
+        raise ValueError(f"{path} has no mean_image among its extra arrays: its network was "
+                         f"trained on an .npz of {D}-feature rows (--data), whose preprocessing "
+                         f"is unknown; image classification needs a model trained on CIFAR-10")
     mean_image = np.asarray(extra["mean_image"], np.float32)
+    bad = [name for name, a in {**params, "mean_image": mean_image}.items()
+           if not np.all(np.isfinite(a))]
+    if bad:
+        raise ValueError(f"{path}: {', '.join(bad)} hold NaN or infinite values (a diverged "
+                         f"run?); its predictions would be meaningless")
     try:
         transform = Transform.from_arrays(extra)
     except ValueError as exc:
@@ -327,10 +338,16 @@ def read_image(path) -> np.ndarray:
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != IMAGE_SHAPE[1::-1]:
-                image = image.resize(IMAGE_SHAPE[1::-1], Image.Resampling.BICUBIC)
-            return np.asarray(image, np.uint8)
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse those too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if image.size != IMAGE_SHAPE[1::-1]:
+                    image = image.resize(IMAGE_SHAPE[1::-1], Image.Resampling.BICUBIC)
+                return np.asarray(image, np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"{path}: too large an image to decode safely (more than "
+                         f"{Image.MAX_IMAGE_PIXELS:,} pixels)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from None

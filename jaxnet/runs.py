@@ -7,15 +7,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
-from . import data, model, preprocess
-from .checkpoint import atomic_write, save_checkpoint
+from . import data, model, preprocess, sweep
+from .checkpoint import MARKER, PROGRESS_FOLDER, atomic_write, mark_complete, save_checkpoint
 from .plots import plot_history, plot_weights
+from .validate import count_classes, host_memory
+
+# Every name the commands write into --out; --overwrite clears nothing else.
+OUTPUT_NAMES = {MARKER, "config.json", "history.json", "metrics.json", "params.npz",
+                "loss_acc.png", "weights.png", "results.csv", "results.json", "heatmap.png",
+                "summary.json", "best", "coarse", "narrow", "final", PROGRESS_FOLDER}
+# The notebook's test subset: test_acc is measured on this many test rows by default.
+NOTEBOOK_TEST_ROWS = 1000
 
 
 def select_device(name: str | None) -> jax.Device:
@@ -42,6 +54,9 @@ def load_dataset(args, say=lambda message: print(message, file=sys.stderr)) -> d
     if args.data:
         return data.load_npz(args.data)
     root = Path(args.data_dir) if args.data_dir else data.default_data_dir()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--data-dir {root} is a file; it must be the folder that holds "
+                         f"cifar-10-batches-py (or that folder itself)")
     if not data.cifar10_present(root) and not (root / "data_batch_1").exists():
         say(f"CIFAR-10 not found in {root}; downloading it (about 163 MB) ...")
         try:
@@ -53,6 +68,118 @@ def load_dataset(args, say=lambda message: print(message, file=sys.stderr)) -> d
     # The whole test split is kept: --num-test images give the notebook's test_acc,
     # all of them test_acc_full.
     return data.get_CIFAR10_data(root, args.num_training, args.num_validation, num_test=None)
+
+
+def prepare_out(out: Path, overwrite: bool = False) -> None:
+    """Check, before training, that the results can be written to the folder ``out``.
+
+    A file, an unwritable place (read-only file system, no permission) or a
+    folder that already holds files is refused; with ``overwrite`` a folder that
+    holds only what the commands write is emptied first (anything else in it
+    is refused, never deleted). Leaves no new folder behind: it is made when
+    the results are written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    entries = sorted(os.listdir(out)) if out.is_dir() else []
+    if entries and not overwrite:
+        raise ValueError(f"--out {out} already holds {', '.join(entries[:4])}"
+                         f"{', ...' if len(entries) > 4 else ''}; give a new folder, or "
+                         f"--overwrite to replace its contents")
+    foreign = [e for e in entries if e not in OUTPUT_NAMES and not e.endswith(".tmp")]
+    if foreign:
+        raise ValueError(f"--overwrite clears only what jaxnet writes, and --out {out} also "
+                         f"holds {', '.join(foreign[:4])}; remove them or give another folder")
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    try:
+        for entry in entries:
+            path = out / entry
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as exc:
+        raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+    finally:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Check, before the work, that the file ``path`` given by ``flag`` can be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    try:
+        tempfile.TemporaryFile(dir=path.parent).close()
+    except OSError as exc:
+        raise ValueError(f"{flag} {path} cannot be written: {path.parent}: "
+                         f"{exc.strerror or exc}") from None
+
+
+def check_test_split(dataset: dict, eval_test: bool, num_test: int | None) -> int:
+    """Before training: ``eval_test`` needs a test split, of at least ``num_test`` rows when
+    that is given. Returns the rows of test_acc: ``num_test``, or by default the notebook's
+    1000 (all rows of a smaller split)."""
+    rows = len(dataset["X_test"]) if "X_test" in dataset else 0
+    if eval_test and "X_test" not in dataset:
+        raise ValueError("--eval-test needs a test split; the dataset has no X_test (add X_test "
+                         "and y_test to the .npz, or leave out --eval-test)")
+    if num_test is None:
+        return min(NOTEBOOK_TEST_ROWS, rows) if eval_test else NOTEBOOK_TEST_ROWS
+    if eval_test and num_test > rows:
+        raise ValueError(f"--num-test {num_test} exceeds the {rows} rows of the test split; "
+                         f"give --num-test {rows} or fewer")
+    return num_test
+
+
+def device_memory(device: jax.Device) -> int:
+    """Bytes of memory of ``device``: the host's for a CPU; 0 where unknown."""
+    if device.platform == "cpu":
+        return host_memory()
+    stats = device.memory_stats() or {}
+    return int(stats.get("bytes_limit", 0))
+
+
+def check_memory(config, num_configs: int, dataset: dict, device: jax.Device,
+                 input_size: int | None = None, max_memory: float | None = None) -> None:
+    """Refuse, before training, a group of ``num_configs`` runs like ``config`` (a TrainConfig)
+    that cannot fit in ``device``'s memory, saying how much it needs.
+
+    ``input_size``: W1's rows when a transform maps the data's D features to k.
+    With ``max_memory`` (bytes) a group trains in chunks, so only one run must
+    fit, within the smaller of the budget and the device.
+    """
+    available = device_memory(device)
+    budget = min(b for b in (available, max_memory) if b) if (available or max_memory) else 0
+    if not budget:
+        return
+    X, X_val = dataset["X_train"], dataset["X_val"]
+    itemsize = np.dtype(config.dtype).itemsize
+    num_classes = count_classes(dataset["y_train"], dataset["y_val"])
+    data_bytes = (X.size + X_val.size) * itemsize
+    # The host-made minibatch indices (int32) and per-step flags and counts.
+    schedule = config.num_iters * (4 * config.batch_size + 16)
+
+    def need(n):
+        return schedule + sweep.estimate_memory(config, n, X.shape[1], num_classes, data_bytes,
+                                                input_size)
+    shape = (f"hidden size {config.hidden_size}, batch size {config.batch_size} and "
+             f"{config.num_iters} iterations")
+    where = "of --max-memory" if budget == max_memory else "this device has"
+    if need(1) > budget:
+        raise ValueError(f"a run of {shape} needs about {need(1) / 2**30:.1f} GiB (data, "
+                         f"weights, optimizer state, activations, minibatch schedule), more than "
+                         f"the {budget / 2**30:.1f} GiB {where}; lower --hidden-size, "
+                         f"--batch-size or --num-iters")
+    if max_memory is None and num_configs > 1 and need(num_configs) > available:
+        raise ValueError(f"the {num_configs} configs of {shape} train together and need about "
+                         f"{need(num_configs) / 2**30:.1f} GiB, more than the "
+                         f"{available / 2**30:.1f} GiB this device has; give --max-memory MB "
+                         f"to train them in chunks")
 
 
 def evaluate(params: dict, dataset: dict, eval_test: bool, num_test: int = 1000) -> dict:
@@ -75,9 +202,22 @@ def evaluate(params: dict, dataset: dict, eval_test: bool, num_test: int = 1000)
     return metrics
 
 
+def json_ready(obj):
+    """``obj`` with every NaN or infinite float replaced by None (JSON's null): NaN is not
+    JSON, and a diverged run's losses must still give a file every reader accepts."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: json_ready(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(value) for value in obj]
+    return obj
+
+
 def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode() + b"\n"))
+    """Write ``obj`` as indented JSON, atomically; non-finite floats become null."""
+    text = json.dumps(json_ready(obj), indent=2, allow_nan=False)
+    atomic_write(path, lambda f: f.write(text.encode() + b"\n"))
 
 
 def write_run(out: Path, config: dict, params: dict, history: dict, metrics: dict,
@@ -90,6 +230,7 @@ def write_run(out: Path, config: dict, params: dict, history: dict, metrics: dic
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).unlink(missing_ok=True)   # a folder being written is not complete
     paths = {name: out / name for name in
              ("config.json", "history.json", "metrics.json", "params.npz", "loss_acc.png")}
     write_json(paths["config.json"], config)
@@ -99,6 +240,7 @@ def write_run(out: Path, config: dict, params: dict, history: dict, metrics: dic
     plot_history(history, paths["loss_acc.png"])
     if np.shape(params["W1"])[0] == 32 * 32 * 3:
         paths["weights.png"] = plot_weights(params["W1"], out / "weights.png")
+    mark_complete(out)
     return paths
 
 

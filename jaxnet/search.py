@@ -26,14 +26,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import shlex
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
+import jax
 import numpy as np
 
 from . import cli, preprocess, resume, runs, sweep
+from .checkpoint import mark_complete
 from .solver import PRESET_PREPROCESS, PRESETS, TrainConfig
 
 CHOICES = ("none",) + preprocess.KINDS
@@ -51,7 +54,7 @@ def add_preprocess_arguments(parser, kinds_help: str, default: str | None = None
                        help=f"{kinds_help}; kinds: {', '.join(CHOICES)}")
     group.add_argument("--pca-components", type=cli.positive_int, default=400,
                        help="dimensions kept by pca")
-    group.add_argument("--whiten-eps", type=float,
+    group.add_argument("--whiten-eps", type=cli.nonnegative_float,
                        help="zca: eps relative to the mean variance (default 0.01); "
                             "pca: whiten with this eps (default: no whitening)")
 
@@ -74,6 +77,8 @@ def parse_range(name: str, text: str, default_kind: str) -> tuple:
         low, high = float(parts[0]), float(parts[1])
     except (ValueError, IndexError):
         raise ValueError(f"{cli.flag(name)}-range must be LOW:HIGH[:KIND]; got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{cli.flag(name)}-range {text!r}: LOW and HIGH must be finite numbers")
     if kind not in ("log", "uniform", "int") or not low <= high or (kind == "log" and low <= 0):
         raise ValueError(f"{cli.flag(name)}-range {text!r}: need LOW <= HIGH (> 0 for log) "
                          "and KIND log, uniform or int")
@@ -260,6 +265,27 @@ def final_configs(winner: TrainConfig, plan: SearchPlan, num_train: int) -> list
             for scale in plan.final_lr_scales]
 
 
+def check_plan(plan: SearchPlan, dataset: dict, device: jax.Device | None = None,
+               max_memory: float | None = None) -> dict[str, TrainConfig]:
+    """Each stage's base config (by stage name), checked before any stage trains: valid,
+    and, given ``device``, one run of it fits in its memory (or ``max_memory`` bytes)."""
+    num_train = len(dataset["X_train"])
+    bases = {}
+    for name in ("coarse", "narrow", "final"):
+        epochs = getattr(plan, f"{name}_epochs")
+        if not (0 < epochs and math.isfinite(epochs)):
+            raise ValueError(f"{name}_epochs must be a finite number > 0; got {epochs}")
+        bases[name] = stage_base(plan, getattr(plan, f"{name}_hidden"), epochs, num_train)
+        try:
+            bases[name].validate()
+            if device is not None:
+                runs.check_memory(bases[name], 1, dataset, device, max_memory=max_memory)
+        except ValueError as exc:
+            raise ValueError(f"the {name} stage ({epochs:g} epochs of {num_train} rows, hidden "
+                             f"{bases[name].hidden_size}): {exc}") from None
+    return bases
+
+
 class Stage(NamedTuple):
     """A finished stage: its configs' kinds, the sweep's result and the results table."""
 
@@ -301,8 +327,9 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
     mean_image). The coarse stage draws with ``plan.seed``, the narrow one with
     ``plan.seed + 1``. Writes out/<stage>/results.csv and results.json as each
     stage ends, out/summary.json (the plan; each stage's ranges, top rows and
-    wall time) after each stage, and out/best/, the final winner's run folder
-    (with test accuracies on the first ``num_test`` and on all test images).
+    wall time) after each stage, out/best/, the final winner's run folder
+    (with test accuracies on the first ``num_test`` and on all test images),
+    and last out/COMPLETE.
     ``progress(stage, group, num_groups, done, total)``; ``say`` gets one line
     per stage; ``data_flags`` end the scripts/train.py command in the summary;
     ``device`` (a name) is recorded in best/metrics.json; ``checkpoint``: each
@@ -315,12 +342,7 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
                          "X_test")
     start = time.perf_counter()
     num_train = len(dataset["X_train"])
-    stage_bases = {name: stage_base(plan, hidden, epochs, num_train) for name, hidden, epochs in (
-        ("coarse", plan.coarse_hidden, plan.coarse_epochs),
-        ("narrow", plan.narrow_hidden, plan.narrow_epochs),
-        ("final", plan.final_hidden, plan.final_epochs))}
-    for base in stage_bases.values():  # a setting no stage can train fails before any trains
-        base.validate()
+    stage_bases = check_plan(plan, dataset)   # a stage that cannot train fails before any trains
     transforms = fit_transforms(plan.kinds, dataset["X_train"], plan.pca_components,
                                 plan.whiten_eps)
     summary: dict = {"plan": dataclasses.asdict(plan), "stages": []}
@@ -362,4 +384,5 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
                        "metrics": metrics,
                        "command": train_command(best.config, kind, plan, data_flags)}
     runs.write_json(out / "summary.json", summary)
+    mark_complete(out)
     return summary

@@ -24,7 +24,7 @@ import optax
 from . import model, resume
 from .arrays import aligned_array
 from .augment import IMAGE_SHAPE, augment_rows
-from .validate import check_features, check_labels, check_params
+from .validate import check_features, check_labels, check_params, count_classes
 
 AUGMENTABLE_FEATURES = int(np.prod(IMAGE_SHAPE))
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
@@ -92,8 +92,9 @@ class TrainConfig:
                  f"{name} must be an integer; got {value!r}")
         for name in ("hidden_size", "num_iters", "batch_size"):
             value = getattr(self, name)
-            need(isinstance(value, (int, np.integer)) and value >= 1,
-                 f"{name} must be an integer >= 1; got {value!r}")
+            # Steps and row indices are int32 in compiled code.
+            need(isinstance(value, (int, np.integer)) and 1 <= value < 2**31,
+                 f"{name} must be an integer in [1, 2**31); got {value!r}")
         for name in ("learning_rate", "learning_rate_decay", "reg", "std", "momentum",
                      "weight_decay", "dropout"):
             value = getattr(self, name)
@@ -463,9 +464,11 @@ def check_data(X, y, X_val, y_val, num_classes: int | None = None,
     """Validate a training set and a validation set; return the number of classes."""
     X = check_features(X, "X_train", num_features)
     X_val = check_features(X_val, "X_val", X.shape[1])
+    if len(X) >= 2**31:
+        raise ValueError(f"X_train has {len(X)} rows; minibatch indices are int32, so at most "
+                         f"2**31 - 1")
     if num_classes is None:
-        y_max = max(np.max(y, initial=0), np.max(y_val, initial=0))
-        num_classes = int(y_max) + 1 if np.issubdtype(np.asarray(y).dtype, np.integer) else 1
+        num_classes = count_classes(y, y_val, name="y_train and y_val")
     check_labels(y, len(X), num_classes, "y_train")
     check_labels(y_val, len(X_val), num_classes, "y_val")
     return num_classes

@@ -8,10 +8,14 @@ names the argument and says what is expected.
 from __future__ import annotations
 
 import math
+import os
 import zipfile
 import zlib
 
 import numpy as np
+
+# A sane bound on the class count: a W2 of 2**16 columns is already far beyond CIFAR's 10.
+MAX_CLASSES = 2**16
 
 
 def check_features(X, name: str = "X", num_features: int | None = None) -> np.ndarray:
@@ -107,21 +111,98 @@ def check_batch(params, X, y=None, reg: float = 0.0):
     return X, y, check_nonnegative(reg, "reg")
 
 
+def host_memory() -> int:
+    """Bytes of physical memory of this machine (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def count_classes(*labels, name: str = "labels") -> int:
+    """The class count C = the largest label + 1 of integer label arrays, at most MAX_CLASSES.
+
+    Checked on the labels' own integer type, before any cast (a uint64 label
+    could wrap), so that one stray label never builds a model of 10**8 classes.
+    Non-integer or empty labels count as 1 class (``check_labels`` says what is wrong).
+    """
+    top = max((int(np.max(y)) for y in map(np.asarray, labels)
+               if y.size and np.issubdtype(y.dtype, np.integer)), default=0)
+    if top >= MAX_CLASSES:
+        raise ValueError(f"{name} go up to {top}, which would make a model of {top + 1} classes; "
+                         f"labels are class indices 0..C-1 with C at most {MAX_CLASSES}")
+    return top + 1
+
+
+def _npy_header(member) -> tuple[tuple, np.dtype, int]:
+    """(shape, dtype, header bytes) of an open .npy stream, read without its data."""
+    version = np.lib.format.read_magic(member)
+    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+            else np.lib.format.read_array_header_2_0)
+    shape, _, dtype = read(member)
+    return shape, dtype, member.tell()
+
+
+def npz_headers(path) -> dict[str, tuple[tuple, np.dtype]]:
+    """The shape and dtype each array of an untrusted ``.npz`` declares, read without its data.
+
+    Raises ValueError when the file is not an .npz, an array holds pickled
+    objects, an array declares more bytes than its member holds (truncated or
+    forged), or the arrays together declare more than this machine's memory.
+    """
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            is_npy = f.read(6) == b"\x93NUMPY"
+        raise ValueError("it holds one array (a .npy file), not an .npz archive of named arrays"
+                         if is_npy else "it is not an .npz (zip) archive; the file is truncated, "
+                         "corrupted or of another format")
+    headers, total = {}, 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[:-len(".npy")]
+            with archive.open(info) as member:
+                shape, dtype, offset = _npy_header(member)
+            if dtype.hasobject:
+                raise ValueError(f"array {name!r} holds Python objects, which are pickles; "
+                                 "only plain arrays are read")
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > info.file_size - offset:
+                raise ValueError(f"array {name!r} declares shape {shape} of {dtype} "
+                                 f"({declared:,} bytes) but its member holds "
+                                 f"{info.file_size - offset:,}: truncated or forged")
+            headers[name], total = (shape, dtype), total + declared
+    limit = host_memory()
+    if limit and total > limit:
+        raise ValueError(f"its arrays declare {total / 2**30:.1f} GiB, more than this machine's "
+                         f"{limit / 2**30:.1f} GiB of memory")
+    return headers
+
+
 def read_npz(path) -> dict:
     """All arrays of an untrusted ``.npz`` file, pickles refused.
 
+    The declared shapes and sizes are checked first (``npz_headers``), so a
+    forged header never makes numpy reserve more than the machine has. Callers
+    that expect particular shapes check ``npz_headers`` themselves first, so
+    that a zip bomb is refused before it is inflated.
     Raises FileNotFoundError for a missing file and ValueError saying why any
     other file cannot be read (truncated, corrupted, a single .npy array, ...).
     """
     try:
-        data = np.load(path, allow_pickle=False)
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("it holds one array (a .npy file), not an .npz archive of named "
-                             "arrays")
-        with data:
-            return {key: data[key] for key in data.files}
+        headers = npz_headers(path)
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in headers}   # other members are not arrays
     except FileNotFoundError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error,
             NotImplementedError) as exc:
         raise ValueError(str(exc)) from None
+
+
+def declared(headers: dict) -> dict[str, np.ndarray]:
+    """Stand-ins for the arrays of ``npz_headers``: each a zero-stride view with the declared
+    shape and dtype, which costs no memory, for checks written against arrays."""
+    return {name: np.broadcast_to(np.zeros((), dtype), shape)
+            for name, (shape, dtype) in headers.items()}

@@ -563,6 +563,8 @@ def main():
     args = parse_args()
     if args.rss_child:
         return rss_child(args)
+    if args.json:   # found unwritable now, not after minutes of benchmark
+        runs.check_output_file(Path(args.json), "--json")
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown or not sections:

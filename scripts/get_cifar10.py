@@ -31,7 +31,7 @@ def main() -> None:
                         "$JAXNET_CIFAR10_MD5 for $JAXNET_CIFAR10_URL, or the official md5")
     args = parser.parse_args()
 
-    if cifar10_present(args.root):
+    if cifar10_present(args.root, thorough=True):   # a truncated batch is replaced
         print(f"CIFAR-10 already present in {find_cifar10_dir(args.root)}")
         return
     bar = ProgressBar("downloading")

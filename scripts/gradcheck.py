@@ -16,6 +16,7 @@ case, whose small gradient entries on a 3072-wide layer leave centered
 differences with h=1e-5 a relative error of about 1e-8 to 1e-7.
 """
 import sys
+from argparse import ArgumentTypeError
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -23,9 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from jaxnet import TwoLayerNet, compare_gradients  # noqa: E402
-from jaxnet.cli import Parser, positive_int, run  # noqa: E402
+from jaxnet.cli import Parser, nonnegative_float, positive_int, run, seed  # noqa: E402
 
 COLUMNS = ("autodiff_vs_handwritten", "autodiff_vs_numeric", "handwritten_vs_numeric")
+# Each entry costs two loss evaluations; W1's 153,600 entries would take minutes.
+MAX_CHECKS = 10000
+
+
+def check_count(text: str) -> int:
+    """argparse type of --num-checks: an integer in [1, MAX_CHECKS]."""
+    value = positive_int(text)
+    if value > MAX_CHECKS:
+        raise ArgumentTypeError(f"must be at most {MAX_CHECKS}, got {value}")
+    return value
 
 
 def toy_case():
@@ -48,13 +59,14 @@ def cifar_case(seed: int):
 
 def main():
     parser = Parser(description=__doc__)
-    parser.add_argument("--tol", type=float, default=1e-7,
+    parser.add_argument("--tol", type=nonnegative_float, default=1e-7,
                         help="fail if any toy-case relative error exceeds this")
-    parser.add_argument("--tol-cifar", type=float, default=1e-6,
+    parser.add_argument("--tol-cifar", type=nonnegative_float, default=1e-6,
                         help="fail if any cifar-case relative error exceeds this")
-    parser.add_argument("--num-checks", type=positive_int, default=200,
-                        help="numeric-gradient entries per parameter in the cifar case")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the cifar case")
+    parser.add_argument("--num-checks", type=check_count, default=200,
+                        help=f"numeric-gradient entries per parameter in the cifar case "
+                             f"(at most {MAX_CHECKS})")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the cifar case")
     parser.add_argument("--case", choices=["toy", "cifar", "both"], default="both",
                         help="which case to check")
     args = parser.parse_args()

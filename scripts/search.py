@@ -22,12 +22,13 @@ Draws come from --seed and training is deterministic, so one command repeats
 a search exactly. On CIFAR-10 with a 2-core CPU the three stages took 8 + 14 +
 16 minutes (the final stage trains the best preset's network twice).
 
-Writes to --out (default searches/<date-time>), each stage's files as soon
-as it ends: coarse/, narrow/ and final/ with results.csv and results.json;
-summary.json (each stage's ranges, top rows and wall time, then the answer's
-config, metrics and the scripts/train.py command that trains it again); and
-best/, the answer's run folder like train.py's (params.npz holds the mean
-image and the preprocessing, so scripts/predict.py can use it).
+Writes to --out (default searches/<date-time>; an earlier search's folder
+only with --overwrite), each stage's files as soon as it ends: coarse/,
+narrow/ and final/ with results.csv and results.json; summary.json (each
+stage's ranges, top rows and wall time, then the answer's config, metrics and
+the scripts/train.py command that trains it again); best/, the answer's run
+folder like train.py's (params.npz holds the mean image and the
+preprocessing, so scripts/predict.py can use it); and last COMPLETE.
 
 Progress is saved in OUT/checkpoint/ at most every --checkpoint-every
 seconds; Ctrl-C or SIGTERM saves and stops, and --resume OUT continues the
@@ -66,7 +67,7 @@ def scales(text: str) -> tuple:
 def build_parser() -> cli.Parser:
     plan = SearchPlan()
     parser = cli.Parser(description=__doc__)
-    parser.add_argument("--seed", type=int, default=plan.seed,
+    parser.add_argument("--seed", type=cli.seed, default=plan.seed,
                         help="seed of every stage's random draws")
     stages = parser.add_argument_group("stages")
     for name, kind, help_text in [
@@ -97,14 +98,18 @@ def build_parser() -> cli.Parser:
     base = parser.add_argument_group("base config of every stage")
     for field in dataclasses.fields(TrainConfig):
         if field.name not in STAGED:
-            base.add_argument(cli.flag(field.name), type=cli.field_type(field.default),
+            base.add_argument(cli.flag(field.name), type=cli.field_type(field),
                               default=getattr(BASE, field.name),
                               help=cli.CONFIG_HELP[field.name])
-    base.add_argument("--train-seed", type=int, default=BASE.seed, help=cli.CONFIG_HELP["seed"])
+    base.add_argument("--train-seed", type=cli.seed, default=BASE.seed,
+                      help=cli.CONFIG_HELP["seed"])
     cli.add_data_arguments(parser, eval_test=False)  # the answer is always evaluated on test
-    parser.add_argument("--out", help="output folder (default: searches/<date-time>)")
-    parser.add_argument("--max-memory", type=float, metavar="MB",
-                        help="memory budget in MB; larger groups train in chunks that fit")
+    parser.add_argument("--out", help="output folder, new or empty (default: searches/<date-time>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out be a folder of an earlier search, and clear it first")
+    parser.add_argument("--max-memory", type=cli.memory_mb, metavar="MB",
+                        help="memory budget in MB (inf: none); larger groups train in chunks "
+                             "that fit")
     cli.add_checkpoint_arguments(parser)
     return parser
 
@@ -144,7 +149,11 @@ def main():
     devices = [d for d in jax.local_devices() if d.platform == device.platform]
     dataset = runs.load_dataset(args)
     out = Path(args.out or Path("searches") / time.strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after a stage
+    # The answer is evaluated on test (run_search refuses a dataset without one).
+    num_test = runs.check_test_split(dataset, "X_test" in dataset, args.num_test)
+    search.check_plan(plan, dataset, device, args.max_memory and args.max_memory * 2**20)
+    if not args.resume:
+        runs.prepare_out(out, args.overwrite)
     bar = cli.ProgressBar("search")
 
     def say(message):
@@ -156,7 +165,7 @@ def main():
 
     with jax.default_device(device):
         summary = search.run_search(
-            plan, dataset, out, say=say, num_test=args.num_test,
+            plan, dataset, out, say=say, num_test=num_test,
             data_flags=data_flags(parser, args), device=str(device), devices=devices,
             max_memory=None if args.max_memory is None else args.max_memory * 2**20,
             checkpoint=checkpoint, progress=lambda stage, g, n, done, total: bar.update(

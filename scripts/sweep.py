@@ -19,11 +19,12 @@ seed and preprocessing train together in one compiled program (a group), with
 the same minibatches; the sweep's result for a config equals `scripts/train.py`
 with the same flags, up to float rounding.
 
-Writes to --out (default sweeps/<date-time>): results.csv and results.json
-(every config, sorted by validation accuracy), heatmap.png (validation
-accuracy over the two most varied hyperparameters), and best/, a run folder
-like train.py's for the best config (params.npz with the mean image and the
-fitted preprocessing, so scripts/predict.py can use it; plots, metrics.json).
+Writes to --out (default sweeps/<date-time>; an earlier sweep's folder only
+with --overwrite): results.csv and results.json (every config, sorted by
+validation accuracy), heatmap.png (validation accuracy over the two most
+varied hyperparameters), best/, a run folder like train.py's for the best
+config (params.npz with the mean image and the fitted preprocessing, so
+scripts/predict.py can use it; plots, metrics.json), and last COMPLETE.
 With --preprocess the tables have a preprocess column.
 
 Progress (finished configs and the group in training) is saved in
@@ -31,6 +32,7 @@ OUT/checkpoint/ at most every --checkpoint-every seconds; Ctrl-C or SIGTERM
 saves and stops, and --resume OUT continues the sweep with the same results
 as one never interrupted.
 """
+import argparse
 import dataclasses
 import sys
 import time
@@ -41,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from jaxnet import cli, runs, search, sweep  # noqa: E402
+from jaxnet.checkpoint import mark_complete  # noqa: E402
 from jaxnet.data import DownloadError  # noqa: E402
 from jaxnet.plots import plot_heatmap  # noqa: E402
 from jaxnet.solver import TrainConfig  # noqa: E402
@@ -53,11 +56,14 @@ ALIASES = {"learning_rate": ["--lr"]}
 
 def parse_list(field: dataclasses.Field, text: str) -> list:
     """'1e-3,5e-4' -> [0.001, 0.0005], parsed with the field's type."""
-    parse = cli.field_type(field.default)
+    parse = cli.field_type(field)
     try:
-        return [parse(item) for item in text.split(",") if item.strip()]
-    except (ValueError, TypeError) as exc:
+        values = [parse(item) for item in text.split(",") if item.strip()]
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
         raise ValueError(f"{cli.flag(field.name)}: cannot parse {text!r} ({exc})") from None
+    if not values:
+        raise ValueError(f"{cli.flag(field.name)}: no values in {text!r}; give V[,V...]")
+    return values
 
 
 def parse_range(field: dataclasses.Field, text: str) -> tuple:
@@ -79,7 +85,7 @@ def parse_args():
     group = parser.add_argument_group("random search")
     group.add_argument("--random", type=cli.positive_int, metavar="N",
                        help="draw N random configs from the --NAME-range flags")
-    group.add_argument("--search-seed", type=int, default=0, help="seed of the random draws")
+    group.add_argument("--search-seed", type=cli.seed, default=0, help="seed of the random draws")
     for field in fields:
         if field.name not in ("optimizer", "schedule", "dtype", "flip"):
             group.add_argument(cli.flag(field.name) + "-range",
@@ -90,9 +96,12 @@ def parse_args():
         parser, "comma-separated preprocessing kinds: a grid dimension, or with --random "
                 "drawn per config (default: none, and no preprocess column)")
     cli.add_data_arguments(parser)
-    parser.add_argument("--out", help="output folder (default: sweeps/<date-time>)")
-    parser.add_argument("--max-memory", type=float, metavar="MB",
-                        help="memory budget in MB; larger groups train in chunks that fit")
+    parser.add_argument("--out", help="output folder, new or empty (default: sweeps/<date-time>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out be a folder of an earlier sweep, and clear it first")
+    parser.add_argument("--max-memory", type=cli.memory_mb, metavar="MB",
+                        help="memory budget in MB (inf: none); larger groups train in chunks "
+                             "that fit")
     parser.add_argument("--top", type=cli.positive_int, default=10,
                         help="rows of the results table to print")
     cli.add_checkpoint_arguments(parser)
@@ -134,10 +143,18 @@ def main():
     device = runs.select_device(args.device)
     devices = [d for d in jax.local_devices() if d.platform == device.platform]
     dataset = runs.load_dataset(args)
+    out = Path(args.out or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S"))
+    # Everything that would fail after training fails now, before minutes are spent.
+    num_test = runs.check_test_split(dataset, args.eval_test, args.num_test)
+    for kind, indices in search.by_kind(kinds).items():
+        for group in sweep.group_configs([configs[i] for i in indices]):
+            runs.check_memory(configs[indices[group[0]]], len(group), dataset, device,
+                              input_size=args.pca_components if kind == "pca" else None,
+                              max_memory=args.max_memory and args.max_memory * 2**20)
     transforms = search.fit_transforms(kinds, dataset["X_train"], args.pca_components,
                                        args.whiten_eps)
-    out = Path(args.out or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after training
+    if not args.resume:
+        runs.prepare_out(out, args.overwrite)
     checkpoint = cli.open_checkpoint(args, out, say=lambda message: print(message,
                                                                            file=sys.stderr))
     checkpoint.stop_if_requested()
@@ -164,9 +181,10 @@ def main():
         best, kind = result.results[result.best_index], kinds[result.best_index]
         metrics = runs.save_run(out / "best", best.config, kind, transforms[kind],
                                   result.best_params, best.history, dataset, args.eval_test,
-                                  args.num_test, best_val_acc=best.val_acc,
+                                  num_test, best_val_acc=best.val_acc,
                                   sweep_wall_s=wall_s, device=str(device))
-    checkpoint.remove()
+        checkpoint.remove()
+        mark_complete(out)
 
     best_row = next(row for row in rows if row["index"] == result.best_index)
     varied = [n for n in TrainConfig.CONTINUOUS + TrainConfig.STRUCTURE + ("preprocess",)

@@ -5,13 +5,16 @@ With no arguments this is the notebook's experiment: hidden 50, 1000
 iterations of SGD with batch 200, learning rate 1e-4 decayed by 0.95 per
 epoch, reg 0.25, init std 1e-4 (validation accuracy about 0.29).
 
-The run folder (--out, default runs/<time>) receives config.json,
-history.json, metrics.json (train_acc, val_acc, with --eval-test test_acc on
-the first --num-test test images and test_acc_full on all of them, wall_s,
-checkpoint_wall_s (of it, the time spent saving progress),
-device), params.npz (a checkpoint that also holds the mean image), loss_acc.png
-and weights.png. The reported params are those with the best validation
-accuracy, checked at every epoch end and after the last step.
+The run folder (--out, default runs/<time>; an earlier run's folder only with
+--overwrite) receives config.json, history.json, metrics.json (train_acc,
+val_acc, with --eval-test test_acc on the first --num-test test images and
+test_acc_full on all of them, wall_s,
+checkpoint_wall_s (of it, the time spent saving progress), device, diverged), params.npz (a
+checkpoint that also holds the mean image), loss_acc.png, weights.png and,
+last, COMPLETE, the mark of a finished folder. A run whose loss becomes NaN or
+infinite is saved (null in the JSON files) and ends with an error. The
+reported params are those with the best validation accuracy, checked at every
+epoch end and after the last step.
 
 --preset best is the strongest configuration found, the answer of
 scripts/search.py (hidden 2000, Adam with cosine decay, dropout, flips and
@@ -44,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from jaxnet import cli, preprocess, runs  # noqa: E402
 from jaxnet.data import DownloadError  # noqa: E402
@@ -57,7 +61,7 @@ def parse_args():
                         help="starting hyperparameters; flags below override them")
     group = parser.add_argument_group("hyperparameters (defaults: the notebook preset)")
     for field in dataclasses.fields(TrainConfig):
-        group.add_argument(cli.flag(field.name), type=cli.field_type(field.default),
+        group.add_argument(cli.flag(field.name), type=cli.field_type(field),
                            help=f"{cli.CONFIG_HELP[field.name]} (default: {field.default})")
     group = parser.add_argument_group("preprocessing (fitted on the training split)")
     group.add_argument("--preprocess", choices=("none",) + preprocess.KINDS,
@@ -66,11 +70,13 @@ def parse_args():
                                 f"{name} {kind}" for name, kind in PRESET_PREPROCESS.items()) + ")")
     group.add_argument("--pca-components", type=cli.positive_int, default=400,
                        help="dimensions kept by --preprocess pca")
-    group.add_argument("--whiten-eps", type=float,
+    group.add_argument("--whiten-eps", type=cli.nonnegative_float,
                        help="zca: eps relative to the mean variance (default 0.01); "
                             "pca: whiten with this eps (default: no whitening)")
     cli.add_data_arguments(parser)
-    parser.add_argument("--out", help="run folder (default: runs/<date-time>)")
+    parser.add_argument("--out", help="run folder, new or empty (default: runs/<date-time>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --out be a folder of an earlier run, and clear it first")
     parser.add_argument("--verbose", action="store_true",
                         help="print the notebook's 'iteration 100 / 1000: loss ...' lines")
     cli.add_checkpoint_arguments(parser)
@@ -86,6 +92,12 @@ def main():
     device = runs.select_device(args.device)
     dataset = runs.load_dataset(args)
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    # Everything that would fail after training fails now, before minutes are spent.
+    num_test = runs.check_test_split(dataset, args.eval_test, args.num_test)
+    runs.check_memory(config, 1, dataset, device,
+                      input_size=args.pca_components if kind == "pca" else None)
+    if not args.resume:
+        runs.prepare_out(out, args.overwrite)
 
     bar = cli.ProgressBar("training")
     printer = notebook_printer() if args.verbose else None
@@ -108,17 +120,23 @@ def main():
                        dataset["y_val"], config, progress=progress,
                        input_transform=input_transform, checkpoint=checkpoint)
         bar.finish()
+        losses = np.asarray(result.history["loss_history"])
+        diverged = np.flatnonzero(~np.isfinite(losses))
         # The run folder keeps the mean image and the fitted transform with the params,
         # so a loaded model preprocesses new images itself (scripts/predict.py).
         metrics = runs.save_run(out, config, kind, transform, result.best_params,
-                                result.history, dataset, args.eval_test, args.num_test,
+                                result.history, dataset, args.eval_test, num_test,
                                 final_val_acc=result.history["val_acc_history"][-1],
                                 wall_s=result.wall_s, checkpoint_wall_s=checkpoint.seconds_saving,
-                                device=str(device))
+                                device=str(device), diverged=bool(diverged.size))
     checkpoint.remove()
     print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_acc" in k) +
           f"  ({metrics['wall_s']:.1f} s on {device})")
     print(f"run saved in {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    if diverged.size:
+        raise ValueError(f"training diverged: the loss became {losses[diverged[0]]} at iteration "
+                         f"{diverged[0]} (recorded as null in {out}/history.json); lower "
+                         f"--learning-rate or --std")
 
 
 if __name__ == "__main__":

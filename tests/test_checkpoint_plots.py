@@ -163,7 +163,7 @@ def test_metadata_without_config_or_history_loads(tmp_path):
     ({"b1": np.zeros(3, np.float32)}, r"params shapes do not fit together.*b1 \(3,\)"),
     ({"b2": np.zeros(4, np.float32)}, r"params shapes do not fit together"),
     ({"W1": np.zeros(12, np.float32)}, r"params W1 and W2 must be 2-D.*\(12,\)"),
-    ({"W1": np.full((12, 4), "x")}, r"params W1 must hold numbers; got dtype <U1"),
+    ({"W1": np.full((12, 4), "x")}, r"params W1 must hold real numbers; got dtype <U1"),
 ])
 def test_mismatched_params(tmp_path, change, message):
     path = tmp_path / "shapes.npz"

@@ -190,19 +190,19 @@ def test_search_script_end_to_end(cifar_fixture, tmp_path):
 
 def test_search_keeps_finished_stages_when_a_later_one_fails(cifar_fixture, tmp_path):
     out = tmp_path / "failing"
-    # 20 MB hold the coarse and narrow nets (hidden 8), not the final one (hidden 4000).
+    # A learning rate 1e300 times the narrow winner's (inf in float32) makes every final run
+    # diverge.
     proc = run_search_script("--data-dir", cifar_fixture, *SPLITS, *TINY_STAGES,
-                             "--final-hidden", 4000, "--max-memory", 20, "--preprocess", "none",
-                             "--out", out)
+                             "--final-lr-scales", "1e300", "--preprocess", "none", "--out", out)
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1].startswith(
-        "error: one config of hidden size 4000 needs about ")
+        "error: every config of the final stage diverged")
     assert "Traceback" not in proc.stderr
     assert len(read_rows(out / "coarse" / "results.csv")) == 3
     assert len(read_rows(out / "narrow" / "results.csv")) == 2
     stages = json.load(open(out / "summary.json"))["stages"]
     assert [s["name"] for s in stages] == ["coarse", "narrow"]
-    assert not (out / "best").exists()
+    assert not (out / "best").exists() and not (out / "COMPLETE").exists()
 
 
 def test_search_refuses_a_setting_a_later_stage_cannot_train_before_training(cifar_fixture,
@@ -213,13 +213,14 @@ def test_search_refuses_a_setting_a_later_stage_cannot_train_before_training(cif
                              "--coarse-epochs", 2, "--warmup-iters", 10, "--preprocess", "none",
                              "--out", out)
     assert proc.returncode == 2
-    assert proc.stderr.splitlines() == ["error: warmup_iters must be in [0, num_iters); got 10"]
+    assert proc.stderr.splitlines() == ["error: the narrow stage (1 epochs of 150 rows, hidden 8): "
+                                        "warmup_iters must be in [0, num_iters); got 10"]
     assert not (out / "coarse").exists()
 
 
 @pytest.mark.parametrize("args,message", [
     (["--coarse", "0"], "argument --coarse: must be >= 1"),
-    (["--final-lr-scales", "1,-2"], "argument --final-lr-scales: must be > 0"),
+    (["--final-lr-scales", "1,-2"], "argument --final-lr-scales: must be a finite number > 0"),
     (["--coarse-epochs", "abc"], "argument --coarse-epochs: invalid positive_float value"),
     (["--preprocess", "none,blur"], "--preprocess takes a comma-separated list of"),
     (["--dropout-range", "0:1.5"], "--dropout-range must lie in [0, 1)"),

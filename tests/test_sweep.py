@@ -261,7 +261,7 @@ def test_sweep_script_preprocess_grid_saves_a_predict_ready_best(cifar_fixture, 
 
 @pytest.mark.parametrize("args,message", [
     (["--lr", "abc"], "cannot parse"),
-    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["--batch-size", "0"], "batch_size must be an integer in [1, 2**31)"),
     (["--random", "3"], "needs at least one --NAME-range"),
     (["--dropout-range", "0:0.5"], "need --random N"),
     (["--random", "3", "--lr-range", "1e-2:1e-4"], "LOW <= HIGH"),

@@ -46,7 +46,7 @@ def test_train_script_end_to_end_on_cifar10(cifar_fixture, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"run saved in {out}/" in proc.stdout
-    assert sorted(os.listdir(out)) == ["config.json", "history.json", "loss_acc.png",
+    assert sorted(os.listdir(out)) == ["COMPLETE", "config.json", "history.json", "loss_acc.png",
                                        "metrics.json", "params.npz", "weights.png"]
 
     config = json.loads((out / "config.json").read_text())
@@ -141,7 +141,7 @@ def test_train_script_on_an_npz(small_npz, tmp_path):
                      "--optimizer", "momentum", "--eval-test", "--out", out)
     assert proc.returncode == 0, proc.stderr
     # Not 32x32x3 images: no weights.png.
-    assert sorted(os.listdir(out)) == ["config.json", "history.json", "loss_acc.png",
+    assert sorted(os.listdir(out)) == ["COMPLETE", "config.json", "history.json", "loss_acc.png",
                                        "metrics.json", "params.npz"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["val_acc"] >= 0.9 and metrics["test_acc"] >= 0.9  # well-separated blobs
@@ -164,7 +164,7 @@ def test_train_script_on_an_npz(small_npz, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--batch-size", "0"], "batch_size must be an integer >= 1; got 0"),
+    (["--batch-size", "0"], "batch_size must be an integer in [1, 2**31); got 0"),
     (["--optimizer", "foo"], "optimizer must be one of sgd, momentum, nesterov, adam, adamw"),
     (["--learning-rate", "abc"], "argument --learning-rate: invalid float value: 'abc'"),
     (["--learning-rate", "-1"], "learning_rate must be finite and >= 0; got -1.0"),
