@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxnet import resume, search, solver, sweep
+from jaxnet import cli, resume, search, solver, sweep
 from jaxnet.solver import TrainConfig
 
 PARAMS = ("W1", "b1", "W2", "b2")
@@ -403,3 +403,16 @@ def test_search_script_killed_in_narrow_stage_then_resumed(npz_data, tmp_path):
     a, b = run_folder(whole / "best"), run_folder(out / "best")
     assert_same_arrays(a[0], b[0])
     assert a[1:] == b[1:]
+
+
+def test_a_signal_as_the_run_ends_exits_with_its_status_after_the_results(capsys):
+    """A Ctrl-C that arrives after the last chunk: the run completes, then exits 130."""
+    def main():
+        os.kill(os.getpid(), signal.SIGINT)
+        return 0
+    with pytest.raises(SystemExit) as end:
+        cli.run(main)
+    assert end.value.code == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: SIGINT arrived as the run ended; its results are complete")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
