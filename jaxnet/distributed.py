@@ -25,6 +25,7 @@ import contextlib
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -118,8 +119,17 @@ def join(args: argparse.Namespace) -> bool:
                                heartbeat_timeout_seconds=args.heartbeat_timeout)
     timer.cancel()
     # A first collective connects the processes now: a process that stops later
-    # closes a live connection, and its peers' next collective fails at once.
-    agree(False, None)
+    # closes a live connection, and its peers' next collective fails at once. Gloo
+    # announces the connection on stdout, where the results go: it is kept out.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        agree(False, None)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
     return True
 
 

@@ -34,6 +34,10 @@ seconds; Ctrl-C or SIGTERM saves and stops, and --resume OUT continues the
 search inside the stage it was in (finished stages are read back, not trained
 again), with the same answer as a search never interrupted.
 
+Many processes (hosts) run one search together under srun or mpirun, or with
+--coordinator HOST:PORT --num-processes N --process-id I given to each; process
+0 writes OUT (see docs/distributed.md).
+
 Examples:
   python scripts/search.py
   python scripts/search.py --seed 1 --out searches/seed1
@@ -48,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from jaxnet import cli, runs, search  # noqa: E402
+from jaxnet import cli, distributed, runs, search  # noqa: E402
 from jaxnet.data import DownloadError  # noqa: E402
 from jaxnet.search import BASE, COARSE_RANGES, SearchPlan  # noqa: E402
 from jaxnet.solver import TrainConfig  # noqa: E402
@@ -106,6 +110,7 @@ def build_parser() -> cli.Parser:
     parser.add_argument("--max-memory", type=float, metavar="MB",
                         help="memory budget in MB; larger groups train in chunks that fit")
     cli.add_checkpoint_arguments(parser)
+    distributed.add_arguments(parser)
     return parser
 
 
@@ -140,11 +145,13 @@ def main():
     parser = build_parser()
     args = cli.resolve_resume(parser, parser.parse_args())
     plan = make_plan(args)
+    distributed.join(args)
     device = runs.select_device(args.device)
-    devices = [d for d in jax.local_devices() if d.platform == device.platform]
+    devices = [d for d in distributed.devices() if d.platform == device.platform]
     dataset = runs.load_dataset(args)
     out = Path(args.out or Path("searches") / time.strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)  # an unusable --out fails now, not after a stage
+    if distributed.is_writer():  # an unusable --out fails now, not after a stage
+        out.mkdir(parents=True, exist_ok=True)
     bar = cli.ProgressBar("search")
 
     def say(message):
@@ -154,9 +161,9 @@ def main():
     checkpoint = cli.open_checkpoint(args, out, say)
     checkpoint.stop_if_requested()
 
-    with jax.default_device(device):
+    with jax.default_device(device), distributed.output_folder(out) as folder:
         summary = search.run_search(
-            plan, dataset, out, say=say, num_test=args.num_test,
+            plan, dataset, folder, say=say, num_test=args.num_test,
             data_flags=data_flags(parser, args), device=str(device), devices=devices,
             max_memory=None if args.max_memory is None else args.max_memory * 2**20,
             checkpoint=checkpoint, progress=lambda stage, g, n, done, total: bar.update(
