@@ -80,8 +80,9 @@ def join(args: argparse.Namespace) -> bool:
     """Join the job the flags, the environment or the cluster describe; False (and
     nothing done) for a process on its own. Call before anything else uses JAX.
 
-    Raises ValueError for settings that cannot work and when the processes have
-    not all joined within ``args.join_timeout`` seconds.
+    Raises ValueError for settings that cannot work. When the processes have not
+    all joined within ``args.join_timeout`` seconds, the process ends with one line
+    and status 2.
     """
     coordinator = _setting(args, "coordinator")
     num_processes = _setting(args, "num_processes", int)
@@ -98,9 +99,14 @@ def join(args: argparse.Namespace) -> bool:
                          f"--process-id I")
     if num_processes is not None and num_processes < 1:
         raise ValueError(f"--num-processes must be >= 1; got {num_processes}")
-    if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
-        raise ValueError(f"--process-id must be in [0, {num_processes - 1}] for "
-                         f"--num-processes {num_processes}; got {process_id}")
+    if process_id is not None and (process_id < 0 or (num_processes is not None
+                                                      and process_id >= num_processes)):
+        limit = "" if num_processes is None else (
+            f" in [0, {num_processes - 1}] for --num-processes {num_processes}")
+        raise ValueError(f"--process-id must be{limit or ' >= 0'}; got {process_id}")
+    if args.join_timeout <= 0 or args.heartbeat_timeout < 1:
+        raise ValueError(f"--join-timeout and --heartbeat-timeout must be > 0; got "
+                         f"{args.join_timeout:g} and {args.heartbeat_timeout}")
     if coordinator is not None:
         address, _, port = coordinator.rpartition(":")
         if not address or not port.isdigit():
@@ -108,6 +114,9 @@ def join(args: argparse.Namespace) -> bool:
     if num_processes == 1:
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # SIGTERM is handled by jaxnet itself (resume.stop_on_signals); JAX's preemption
+    # service would only add log lines when a process dies.
+    jax.config.update("jax_enable_preemption_service", False)
     # JAX aborts the process with a C++ trace when its own join deadline passes, so
     # its deadline is set past ours and a timer ends the process first, in one line.
     timer = threading.Timer(args.join_timeout, _give_up_joining,
@@ -142,8 +151,8 @@ def _give_up_joining(coordinator: str | None, process_id: int | None, timeout: f
         except OSError:
             reason = f"nothing answers at {coordinator}"
     os.write(2, f"error: could not join the job within --join-timeout {timeout:g} s: "
-                f"{reason} (start all --num-processes processes, with the same "
-                f"--coordinator, the address of process 0)\n".encode())
+                f"{reason} (start every process of the job: under srun or mpirun, or each "
+                f"with the same --coordinator, the address of process 0)\n".encode())
     os._exit(2)
 
 

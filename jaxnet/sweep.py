@@ -160,6 +160,10 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
     num_classes = int(max(np.max(data[1]), np.max(data[3]))) + 1
     state, lrs = _init_fn(config, _input_size(data[0], transform), num_classes)(
         hp, schedule.decays_before)
+    # Leaves that do not depend on hp (zero biases, counters) come out of init
+    # replicated, and out of each chunk sharded by config: placed as the chunk
+    # returns them, the loop compiles once per group, not twice.
+    state = jax.device_put(state, by_config)
     chunk_fn = solver.compiled_chunk_fn(config, vmapped=True)
     state, histories, best_val_acc = solver.run_chunks(
         chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress,
