@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import signal
 import sys
 from pathlib import Path
 from typing import Callable
 
-from . import resume
+from . import distributed, resume
 from .checkpoint import PROGRESS_FOLDER, atomic_write
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
@@ -49,7 +50,9 @@ def run(main: Callable[[], object], extra_errors: tuple = ()) -> None:
 
     SIGINT and SIGTERM stop training at its next chunk boundary, after saving its
     progress (``resume.stop_on_signals``); the process then exits with 128 + the
-    signal's number (130, 143) and one line saying how to continue.
+    signal's number (130, 143) and one line saying how to continue. When another
+    process of a multi-process job is lost, the process exits with status 3
+    (``distributed.PeerLost``).
     """
     try:
         with resume.stop_on_signals():
@@ -62,6 +65,11 @@ def run(main: Callable[[], object], extra_errors: tuple = ()) -> None:
             command = shlex.join(["python", sys.argv[0], "--resume", str(exc.saved.parent)])
             print(f"error: {exc}; continue with: {command}", file=sys.stderr)
         sys.exit(128 + exc.signum)
+    except distributed.PeerLost as exc:
+        # At once: JAX's shutdown at exit would wait for the lost process, then abort.
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(distributed.PEER_LOST_STATUS)
     except USER_ERRORS + tuple(extra_errors) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
@@ -219,10 +227,11 @@ class ProgressBar:
             self.drawn = False
 
 
-# Flags that may be given anew when a run is resumed: where the data are, where to run, how
-# often to save and what to print. Every other flag belongs to the run and comes from its
+# Flags that may be given anew when a run is resumed: where the data are, where to run (the
+# processes of a job too), how often to save and what to print. Every other flag belongs to the run and comes from its
 # folder (checkpoint/args.json), and one given with --resume must agree with it.
-RESUME_FREE = ("resume", "checkpoint_every", "data_dir", "data", "device", "verbose")
+RESUME_FREE = ("resume", "checkpoint_every", "data_dir", "data", "device", "verbose",
+               "coordinator", "num_processes", "process_id", "join_timeout", "heartbeat_timeout")
 SAVED_ARGS = Path(PROGRESS_FOLDER) / "args.json"
 
 
@@ -284,9 +293,10 @@ def resolve_resume(parser: argparse.ArgumentParser, args: argparse.Namespace,
 def open_checkpoint(args: argparse.Namespace, out: Path, say=lambda message: None
                     ) -> resume.Checkpoint:
     """The checkpoint of the run in ``out``: a new run first saves its arguments there
-    (``--resume`` reads them back)."""
+    (``--resume`` reads them back). In a multi-process job process 0 writes the
+    checkpoint and every process reads it on resume (``resume.Checkpoint``)."""
     folder = Path(out) / SAVED_ARGS.parent
-    if not args.resume:
+    if not args.resume and distributed.is_writer():
         folder.mkdir(parents=True, exist_ok=True)
         saved = {k: v for k, v in vars(args).items() if k != "resume"}
         atomic_write(folder / SAVED_ARGS.name,

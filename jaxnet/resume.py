@@ -34,6 +34,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from . import distributed
 from .validate import read_npz
 
 VERSION = "0.5.0"
@@ -142,11 +143,14 @@ class Checkpoint:
         # When the last save ended, and the seconds spent saving: shared with the children.
         self._timing = _timing if _timing is not None else {"last": time.monotonic(),
                                                             "spent": 0.0}
+        self._signal: list = [None]  # the signal the job agreed on (multi-process)
 
     def child(self, name: str) -> "Checkpoint":
         """The checkpoint of one part of the run (a preprocessing kind, a search stage)."""
-        return Checkpoint(self.folder, self.every, self.resume, f"{self.name}-{name}", self.say,
-                          self._timing)
+        child = Checkpoint(self.folder, self.every, self.resume, f"{self.name}-{name}",
+                           self.say, self._timing)
+        child._signal = self._signal
+        return child
 
     @property
     def seconds_saving(self) -> float:
@@ -162,28 +166,42 @@ class Checkpoint:
         return self.folder / f"{self.name}.previous.npz"
 
     def due(self) -> bool:
-        """Whether a save is due: the interval has passed, or a signal asked to stop."""
-        if stop_requested() is not None:
-            return True
-        return self.every > 0 and time.monotonic() - self._timing["last"] >= self.every
+        """Whether a save is due: the interval has passed, or a signal asked to stop.
+
+        In a multi-process job the processes decide together (a save gathers state
+        from all of them, and all stop at the same chunk): due when due for any.
+        """
+        signum = stop_requested()
+        due = signum is not None or (
+            self.every > 0 and time.monotonic() - self._timing["last"] >= self.every)
+        if distributed.is_multiprocess():
+            due, self._signal[0] = distributed.agree(due, signum)
+        return due
 
     def stop_if_requested(self) -> None:
-        """Raise ``Interrupted`` when a signal asked to stop (after the caller saved)."""
-        signum = stop_requested()
+        """Raise ``Interrupted`` when a signal asked to stop (after the caller saved); in a
+        multi-process job, when one asked any process at the last ``due``."""
+        signum = self._signal[0] if distributed.is_multiprocess() else stop_requested()
         if signum is not None:
             saved = self.folder.is_dir() and any(self.folder.glob("*.npz"))
             raise Interrupted(signum, self.folder if saved else None)
 
     def remove(self) -> None:
         """Delete the folder, once the run it belongs to is complete."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if distributed.is_writer():
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def save(self, identity: dict, arrays: dict, meta: dict) -> None:
         """Write one progress file: ``arrays`` and JSON ``meta`` with ``identity``.
 
         The file is complete and synced under a temporary name before the current
-        one becomes ``NAME.previous.npz`` and the new one takes its place.
+        one becomes ``NAME.previous.npz`` and the new one takes its place. In a
+        multi-process job only process 0 writes (``arrays`` hold every process's
+        state, gathered); every process reads the file back on resume.
         """
+        if not distributed.is_writer():
+            self._timing["last"] = time.monotonic()
+            return
         start = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
         document = json.dumps({"identity": identity, "version": VERSION, **meta})
@@ -258,7 +276,7 @@ class Checkpoint:
 def loop_arrays(progress: LoopProgress) -> dict:
     """The arrays of a progress file for ``progress``: ``state/<i>`` leaves and outputs."""
     leaves = jax.tree.leaves(progress.state)
-    arrays = {f"state/{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+    arrays = {f"state/{i}": distributed.host(leaf) for i, leaf in enumerate(leaves)}
     arrays.update({f"outputs/{name}": np.asarray(out)
                    for name, out in zip(OUTPUT_NAMES, progress.outputs)})
     return arrays

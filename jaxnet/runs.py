@@ -31,11 +31,12 @@ NOTEBOOK_TEST_ROWS = 1000
 
 
 def select_device(name: str | None) -> jax.Device:
-    """The first device of platform ``name`` ("cpu"/"gpu"), or JAX's default device."""
+    """This process's first device of platform ``name`` ("cpu"/"gpu"), or of JAX's
+    default platform (in a multi-process job, jax.devices()[0] is process 0's)."""
     if name is None:
-        return jax.devices()[0]
+        return jax.local_devices()[0]
     try:
-        return jax.devices(name)[0]
+        return jax.local_devices(backend=name)[0]
     except RuntimeError:
         available = ", ".join(sorted({d.platform for d in jax.devices()}))
         raise ValueError(f"no {name} device is available to JAX here (available: {available}); "

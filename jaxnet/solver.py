@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import model, resume
+from . import distributed, model, resume
 from .arrays import aligned_array
 from .augment import IMAGE_SHAPE, augment_rows
 from .validate import check_features, check_labels, check_params, count_classes
@@ -403,15 +403,17 @@ def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedu
     restored = None if hook is None else hook.restore(state, total)
     if restored is not None:
         # Placed where the fresh state's leaves are (device, sharding over configs).
-        state = jax.tree.map(lambda fresh, saved: jax.device_put(saved, fresh.sharding),
+        state = jax.tree.map(lambda fresh, saved: distributed.put(saved, fresh.sharding),
                              state, restored.state)
         done, outputs = restored.step, [list(restored.outputs)]
-    while done < total and not (done and np.all(np.asarray(state.stopped_at) <= done)):
+    # distributed.host reads arrays sharded over processes (a gather): in a
+    # multi-process sweep every process reads every config's outputs.
+    while done < total and not (done and np.all(distributed.host(state.stopped_at) <= done)):
         stop = min(done + chunk_size, total)
         state, out = chunk_fn(state, hp, lrs, *data, schedule.batches[done:stop],
                               np.arange(done, stop, dtype=np.int32),
                               schedule.validate[done:stop], transform)
-        outputs.append([np.atleast_2d(np.asarray(o)) for o in out])
+        outputs.append([np.atleast_2d(distributed.host(o)) for o in out])
         done = stop
         if progress is not None:
             progress(done, total, outputs[-1][0][0])
@@ -421,13 +423,13 @@ def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedu
     losses, train_correct, val_correct = (np.concatenate(o, axis=-1) for o in zip(*outputs))
     batch_size, num_val = schedule.batches.shape[1], len(data[3])
     histories = []
-    for k, end in enumerate(np.atleast_1d(np.asarray(state.stopped_at))):
+    for k, end in enumerate(np.atleast_1d(distributed.host(state.stopped_at))):
         epochs = schedule.epoch_end[:end]
         histories.append({
             "loss_history": losses[k, :end].tolist(),
             "train_acc_history": (train_correct[k, :end][epochs] / batch_size).tolist(),
             "val_acc_history": (val_correct[k, :end][epochs] / num_val).tolist()})
-    return state, histories, np.atleast_1d(np.asarray(state.best_val_correct)) / num_val
+    return state, histories, np.atleast_1d(distributed.host(state.best_val_correct)) / num_val
 
 
 def device_array(a, dtype, device=None) -> jax.Array:

@@ -7,8 +7,10 @@ as arrays, so every value shares one compilation, and with one minibatch
 schedule for all its configs: the K first-layer products then become one
 wide product ``(B, D) @ (D, K*H)`` that runs near the machine's matrix peak.
 
-The config axis is sharded over all local devices; a group larger than the
-memory budget is trained in chunks. Each config's result equals training it
+The config axis is sharded over all local devices, or over every device of
+every process in a multi-process job (``jaxnet.distributed``: results are
+gathered at each chunk end, so every process holds them all); a group larger
+than the memory budget is trained in chunks. Each config's result equals training it
 alone with ``solver.train`` (same seed, same ``input_transform``), up to float
 rounding.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import time
 from typing import Callable, NamedTuple, Sequence
 
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import model, resume, solver
+from . import distributed, model, resume, solver
 from .solver import TrainConfig
 
 # Optimizer state per parameter entry, in units of the parameter's size.
@@ -145,21 +148,28 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
     dtype = np.dtype(config.dtype)
     by_config = NamedSharding(mesh, PartitionSpec("configs"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    hp = {name: jax.device_put(np.array([c.hyperparams()[name] for c in padded], dtype), by_config)
-          for name in TrainConfig.CONTINUOUS}
-    X, X_val = (solver.device_array(a, dtype, replicated) for a in (data[0], data[2]))
-    y, y_val = (jax.device_put(a, replicated) for a in (data[1], data[3]))
+    # distributed.put makes global arrays when the mesh spans processes (each process
+    # places its own shards; X stays aliased); on one process it is device_put.
+    hp = {name: distributed.put(np.array([c.hyperparams()[name] for c in padded], dtype),
+                                by_config) for name in TrainConfig.CONTINUOUS}
+    X, X_val = (distributed.put(a, replicated, lambda a, to: solver.device_array(a, dtype, to))
+                for a in (data[0], data[2]))
+    y, y_val = (distributed.put(a, replicated) for a in (data[1], data[3]))
     if transform is not None:
-        transform = tuple(jax.device_put(np.asarray(a, dtype), replicated) for a in transform)
+        transform = tuple(distributed.put(np.asarray(a, dtype), replicated) for a in transform)
     num_classes = int(max(np.max(data[1]), np.max(data[3]))) + 1
     state, lrs = _init_fn(config, _input_size(data[0], transform), num_classes)(
         hp, schedule.decays_before)
+    # Leaves that do not depend on hp (zero biases, counters) come out of init
+    # replicated, and out of each chunk sharded by config: placed as the chunk
+    # returns them, the loop compiles once per group, not twice.
+    state = jax.device_put(state, by_config)
     chunk_fn = solver.compiled_chunk_fn(config, vmapped=True)
     state, histories, best_val_acc = solver.run_chunks(
         chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress,
         transform, hook)
     K = len(configs)
-    params, best_params = ({k: np.asarray(v)[:K] for k, v in tree.items()}
+    params, best_params = ({k: distributed.host(v)[:K] for k, v in tree.items()}
                            for tree in (state.params, state.best_params))
     return params, best_params, histories[:K], best_val_acc[:K]
 
@@ -190,7 +200,9 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
 
     X: (N, D), y: (N,); X_val: (M, D), y_val: (M,). ``max_memory`` (bytes)
     splits groups into chunks that fit; ``devices`` defaults to all local
-    devices. ``progress(group, num_groups, done, total)`` is called between
+    devices, or every process's in a multi-process job (``jaxnet.distributed``),
+    which must then run ``run_sweep`` with the same arguments on every process
+    (refused, ValueError, when the data or the configs differ). ``progress(group, num_groups, done, total)`` is called between
     compiled chunks. A config whose loss becomes NaN or infinite is marked
     "diverged" and never chosen as best; the others are unaffected.
     ``keep_params`` keeps every config's final params in its result.
@@ -210,16 +222,21 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     solver.check_augmentable(any(c.flip or c.translate for c in configs), np.shape(X)[1])
     transform = solver.check_transform(input_transform, np.shape(X)[1])
     inputs: dict = {}  # solver.loop_inputs by whether a group augments, each made once
-    devices = list(devices or jax.local_devices())
+    devices = list(devices or distributed.devices())
     mesh = Mesh(np.array(devices), ("configs",))
     results: list = [None] * len(configs)
     best = (None, -1.0, None)  # index, val_acc, params
-    saved = None
-    if checkpoint is not None:
-        saved = _SweepProgress(checkpoint, {
+    saved, identity = None, None
+    if checkpoint is not None or distributed.is_multiprocess():
+        identity = {
             "configs": [dataclasses.asdict(c) for c in configs], "chunk_size": chunk_size,
             "devices": len(devices), "max_memory": max_memory, "keep_params": keep_params,
-            "data": resume.fingerprint(X, y, X_val, y_val, *(transform or ()))})
+            "data": resume.fingerprint(X, y, X_val, y_val, *(transform or ()))}
+        # Before training: processes holding other data or configs would train wrong.
+        distributed.check_same(data=identity["data"], configs=resume.fingerprint(
+            np.frombuffer(json.dumps(identity["configs"]).encode(), np.uint8)))
+    if checkpoint is not None:
+        saved = _SweepProgress(checkpoint, identity)
         best = saved.restore(configs, results)
     groups = group_configs(configs)
     for g, indices in enumerate(groups):

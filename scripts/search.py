@@ -35,6 +35,10 @@ seconds; Ctrl-C or SIGTERM saves and stops, and --resume OUT continues the
 search inside the stage it was in (finished stages are read back, not trained
 again), with the same answer as a search never interrupted.
 
+Many processes (hosts) run one search together under srun or mpirun, or with
+--coordinator HOST:PORT --num-processes N --process-id I given to each; process
+0 writes OUT (see docs/distributed.md).
+
 Examples:
   python scripts/search.py
   python scripts/search.py --seed 1 --out searches/seed1
@@ -49,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from jaxnet import cli, runs, search  # noqa: E402
+from jaxnet import cli, distributed, runs, search  # noqa: E402
 from jaxnet.data import DownloadError  # noqa: E402
 from jaxnet.search import BASE, COARSE_RANGES, SearchPlan  # noqa: E402
 from jaxnet.solver import TrainConfig  # noqa: E402
@@ -111,6 +115,7 @@ def build_parser() -> cli.Parser:
                         help="memory budget in MB (inf: none); larger groups train in chunks "
                              "that fit")
     cli.add_checkpoint_arguments(parser)
+    distributed.add_arguments(parser)
     return parser
 
 
@@ -145,14 +150,15 @@ def main():
     parser = build_parser()
     args = cli.resolve_resume(parser, parser.parse_args())
     plan = make_plan(args)
+    distributed.join(args)
     device = runs.select_device(args.device)
-    devices = [d for d in jax.local_devices() if d.platform == device.platform]
+    devices = [d for d in distributed.devices() if d.platform == device.platform]
     dataset = runs.load_dataset(args)
     out = Path(args.out or Path("searches") / time.strftime("%Y%m%d-%H%M%S"))
     # The answer is evaluated on test (run_search refuses a dataset without one).
     num_test = runs.check_test_split(dataset, "X_test" in dataset, args.num_test)
     search.check_plan(plan, dataset, device, args.max_memory and args.max_memory * 2**20)
-    if not args.resume:
+    if distributed.is_writer() and not args.resume:
         runs.prepare_out(out, args.overwrite)
     bar = cli.ProgressBar("search")
 
@@ -163,9 +169,9 @@ def main():
     checkpoint = cli.open_checkpoint(args, out, say)
     checkpoint.stop_if_requested()
 
-    with jax.default_device(device):
+    with jax.default_device(device), distributed.output_folder(out) as folder:
         summary = search.run_search(
-            plan, dataset, out, say=say, num_test=num_test,
+            plan, dataset, folder, say=say, num_test=num_test,
             data_flags=data_flags(parser, args), device=str(device), devices=devices,
             max_memory=None if args.max_memory is None else args.max_memory * 2**20,
             checkpoint=checkpoint, progress=lambda stage, g, n, done, total: bar.update(

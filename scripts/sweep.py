@@ -31,6 +31,11 @@ Progress (finished configs and the group in training) is saved in
 OUT/checkpoint/ at most every --checkpoint-every seconds; Ctrl-C or SIGTERM
 saves and stops, and --resume OUT continues the sweep with the same results
 as one never interrupted.
+
+Many processes (hosts) run one sweep together under srun or mpirun, or with
+--coordinator HOST:PORT --num-processes N --process-id I given to each: the
+configs are spread over every process's devices, every process prints the
+same results, and process 0 writes OUT (see docs/distributed.md).
 """
 import argparse
 import dataclasses
@@ -42,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from jaxnet import cli, runs, search, sweep  # noqa: E402
+from jaxnet import cli, distributed, runs, search, sweep  # noqa: E402
 from jaxnet.checkpoint import mark_complete  # noqa: E402
 from jaxnet.data import DownloadError  # noqa: E402
 from jaxnet.plots import plot_heatmap  # noqa: E402
@@ -105,6 +110,7 @@ def parse_args():
     parser.add_argument("--top", type=cli.positive_int, default=10,
                         help="rows of the results table to print")
     cli.add_checkpoint_arguments(parser)
+    distributed.add_arguments(parser)
     return cli.resolve_resume(parser, parser.parse_args())
 
 
@@ -140,8 +146,9 @@ def main():
     args = parse_args()
     configs, kinds = build_configs(args)
     configs = [c.validate() for c in configs]
+    distributed.join(args)
     device = runs.select_device(args.device)
-    devices = [d for d in jax.local_devices() if d.platform == device.platform]
+    devices = [d for d in distributed.devices() if d.platform == device.platform]
     dataset = runs.load_dataset(args)
     out = Path(args.out or Path("sweeps") / time.strftime("%Y%m%d-%H%M%S"))
     # Everything that would fail after training fails now, before minutes are spent.
@@ -153,18 +160,19 @@ def main():
                               max_memory=args.max_memory and args.max_memory * 2**20)
     transforms = search.fit_transforms(kinds, dataset["X_train"], args.pca_components,
                                        args.whiten_eps)
-    if not args.resume:
+    if distributed.is_writer() and not args.resume:
         runs.prepare_out(out, args.overwrite)
     checkpoint = cli.open_checkpoint(args, out, say=lambda message: print(message,
                                                                            file=sys.stderr))
     checkpoint.stop_if_requested()
     num_groups = sum(search.count_groups(configs, kinds).values())
+    processes = f" of {jax.process_count()} processes" if distributed.is_multiprocess() else ""
     print(f"{len(configs)} configs in {num_groups} groups on {len(devices)} "
-          f"{device.platform} device(s)", file=sys.stderr)
+          f"{device.platform} device(s){processes}", file=sys.stderr)
 
     bar = cli.ProgressBar("sweep")
     start = time.perf_counter()
-    with jax.default_device(device):
+    with jax.default_device(device), distributed.output_folder(out) as folder:
         result = search.sweep_preprocessed(
             configs, kinds, dataset, transforms,
             max_memory=None if args.max_memory is None else args.max_memory * 2**20,
@@ -174,17 +182,17 @@ def main():
         bar.finish()
         wall_s = time.perf_counter() - start
         rows = sweep.results_table(result, kinds if args.preprocess else None)
-        search.write_results(out, rows, wall_s=wall_s)
-        plot_heatmap(rows, out / "heatmap.png")
+        search.write_results(folder, rows, wall_s=wall_s)
+        plot_heatmap(rows, folder / "heatmap.png")
         if result.best_index is None:
             raise ValueError(f"every config diverged; results in {out}")
         best, kind = result.results[result.best_index], kinds[result.best_index]
-        metrics = runs.save_run(out / "best", best.config, kind, transforms[kind],
+        metrics = runs.save_run(folder / "best", best.config, kind, transforms[kind],
                                   result.best_params, best.history, dataset, args.eval_test,
                                   num_test, best_val_acc=best.val_acc,
                                   sweep_wall_s=wall_s, device=str(device))
         checkpoint.remove()
-        mark_complete(out)
+        mark_complete(folder)
 
     best_row = next(row for row in rows if row["index"] == result.best_index)
     varied = [n for n in TrainConfig.CONTINUOUS + TrainConfig.STRUCTURE + ("preprocess",)

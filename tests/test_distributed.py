@@ -1,0 +1,216 @@
+"""Multi-process sweeps and searches: real processes joined by jax.distributed on 127.0.0.1.
+
+Each test spawns the scripts as 2 processes of one CPU device each (gloo
+collectives), as the README's one-machine form does, and compares them with a
+1-process run in this process: the same per-config results, best config and best
+params. A killed process, mismatched data and bad flags must each end every
+process quickly with one clear line.
+"""
+import importlib.util
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from jaxnet import data, search, sweep
+from jaxnet.solver import TrainConfig
+
+HIDDEN, RATES = (20, 30), (1e-3, 3e-3, 1e-2)  # 2 groups of 3 configs: not a multiple of 2
+GRID = ["--hidden-size", "20,30", "--learning-rate", "1e-3,3e-3,1e-2", "--reg", "0.1",
+        "--batch-size", "50", "--std", "1e-2", "--learning-rate-decay", "0.95"]
+BASE = TrainConfig(batch_size=50, reg=0.1, std=1e-2, learning_rate_decay=0.95)
+SEARCH = ["--coarse", "3", "--coarse-hidden", "20", "--coarse-epochs", "2", "--top", "2",
+          "--narrow", "3", "--narrow-hidden", "30", "--narrow-epochs", "2", "--final-hidden",
+          "30", "--final-epochs", "2", "--preprocess", "none", "--num-test", "50"]
+PARAMS = ("W1", "b1", "W2", "b2")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dataset(path: Path, features: int, shift: float = 0.0) -> Path:
+    """An .npz of learnable rows (class centers plus noise), train/val/test."""
+    rng = np.random.RandomState(0)
+    centers = rng.randn(10, features)
+    splits = {}
+    for name, n in (("train", 300), ("val", 100), ("test", 50)):
+        y = rng.randint(0, 10, n)
+        splits[f"X_{name}"] = (centers[y] + 2 * rng.randn(n, features) + shift).astype(np.float32)
+        splits[f"y_{name}"] = y
+    np.savez(path, **splits)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> Path:
+    return dataset(tmp_path_factory.mktemp("rows") / "rows.npz", 40)
+
+
+def start(script: str, args: list, num: int = 2, extra: dict | None = None) -> list:
+    """``num`` processes of ``scripts/<script>`` joined on a free port; ``extra[i]``
+    replaces arguments of process i."""
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    return [subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / script), *(extra or {}).get(i, args),
+         "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(num),
+         "--process-id", str(i), "--heartbeat-timeout", "10", "--join-timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for i in range(num)]
+
+
+def finish(processes: list, timeout: float = 240) -> list:
+    """(status, stdout, stderr) of each process, all ended within ``timeout`` seconds."""
+    try:
+        ended = [p.communicate(timeout=timeout) for p in processes]
+        return [(p.returncode, *outputs) for p, outputs in zip(processes, ended)]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+
+
+def same_lines(a: str, b: str) -> bool:
+    """Whether two processes printed the same lines, up to their wall times."""
+    times = re.compile(r"\d+(\.\d+)? s\b")
+    return times.sub("", a) == times.sub("", b)
+
+
+def reference_sweep(path: Path, num_iters: int) -> sweep.SweepResult:
+    d = data.load_npz(path)
+    configs = sweep.grid(TrainConfig(**{**BASE.__dict__, "num_iters": num_iters}),
+                         hidden_size=HIDDEN, learning_rate=RATES)
+    return sweep.run_sweep(configs, d["X_train"], d["y_train"], d["X_val"], d["y_val"])
+
+
+def assert_same_sweep(out: Path, ref: sweep.SweepResult):
+    """results.json and best/params.npz in ``out`` equal the 1-process ``ref`` (1e-5)."""
+    got = {(r["hidden_size"], r["learning_rate"]): r
+           for r in json.loads((out / "results.json").read_text())["results"]}
+    assert len(got) == len(ref.results) == 6
+    for r in ref.results:
+        row = got[(r.config.hidden_size, r.config.learning_rate)]
+        assert row["status"] == r.status
+        np.testing.assert_allclose([row["val_acc"], row["final_val_acc"], row["train_acc"],
+                                    row["final_loss"]],
+                                   [r.val_acc, r.final_val_acc, r.final_train_acc, r.final_loss],
+                                   atol=1e-5)
+    best = ref.results[ref.best_index].config
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert (config["hidden_size"], config["learning_rate"]) == (best.hidden_size,
+                                                                 best.learning_rate)
+    saved = np.load(out / "best" / "params.npz")
+    for name in PARAMS:
+        np.testing.assert_allclose(saved[name], ref.best_params[name], atol=1e-5, err_msg=name)
+
+
+def test_two_process_sweep_equals_one_process(rows, tmp_path):
+    out = tmp_path / "out"
+    ended = finish(start("sweep.py", GRID + ["--num-iters", "200", "--data", str(rows),
+                                             "--out", str(out)]))
+    assert [status for status, _, _ in ended] == [0, 0], [e for _, _, e in ended]
+    # Every process prints the same table and best line; process 1 writes nothing.
+    assert same_lines(ended[0][1], ended[1][1]) and "best: " in ended[0][1]
+    assert "6 configs in 2 groups on 2 cpu device(s) of 2 processes" in ended[0][2]
+    assert sorted(p.name for p in out.iterdir()) == ["COMPLETE", "best", "heatmap.png",
+                                                     "results.csv", "results.json"]
+    assert_same_sweep(out, reference_sweep(rows, 200))
+
+
+def test_killed_process_stops_the_other_and_resume_finishes(rows, tmp_path):
+    out = tmp_path / "out"
+    args = GRID + ["--num-iters", "3000", "--data", str(rows), "--out", str(out),
+                   "--checkpoint-every", "1e-9"]
+    processes = start("sweep.py", args)
+    progress = out / "checkpoint" / "progress-none.npz"
+    deadline = time.monotonic() + 180
+    while not progress.exists() and time.monotonic() < deadline and processes[0].poll() is None:
+        time.sleep(0.05)
+    assert progress.exists(), finish(processes)
+    processes[1].kill()
+    killed_at = time.monotonic()
+    (status, stdout, stderr), _ = finish(processes, timeout=60)
+    assert time.monotonic() - killed_at < 30
+    assert status == 3
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "process 0 lost contact with the other processes" in lines[0]
+    assert "--resume" in lines[0] and "Traceback" not in stderr
+    # No result file was begun; the checkpoint files are complete (written atomically).
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint"]
+    assert not [p for p in (out / "checkpoint").iterdir() if p.name.startswith(".")]
+    saved = json.loads(str(np.load(progress)["meta"]))
+    assert len(saved["finished"]) < 6
+    # Both processes rerun with --resume: the sweep continues and ends as an uninterrupted one.
+    resumed = finish(start("sweep.py", ["--resume", str(out), "--data", str(rows)]))
+    assert [status for status, _, _ in resumed] == [0, 0], [e for _, _, e in resumed]
+    assert_same_sweep(out, reference_sweep(rows, 3000))
+    assert not (out / "checkpoint").exists()
+
+
+def test_processes_with_different_data_are_refused(rows, tmp_path):
+    other = dataset(tmp_path / "other.npz", 40, shift=0.5)
+    args = GRID + ["--num-iters", "100", "--out", str(tmp_path / "out")]
+    ended = finish(start("sweep.py", args, extra={0: args + ["--data", str(rows)],
+                                                  1: args + ["--data", str(other)]}))
+    for status, _, stderr in ended:
+        assert status == 2
+        assert "error: the data differ between processes: process(es) 1 hold other data than " \
+               "process 0" in stderr
+        assert "Traceback" not in stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+     "--process-id must be in [0, 1] for --num-processes 2; got 2"),
+    (["--num-processes", "2", "--process-id", "1"], "--coordinator missing"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "1"],
+     "--coordinator must be HOST:PORT"),
+    (["--coordinator", "127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1",
+      "--join-timeout", "3"], "could not join the job within --join-timeout 3 s: nothing "
+                              "answers at 127.0.0.1:"),
+])
+def test_bad_job_flags_give_one_line_and_status_2(rows, tmp_path, flags, message):
+    flags = [f.format(port=free_port()) for f in flags]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep.py"), "--data",
+                           str(rows), "--num-iters", "10", "--out", str(tmp_path / "out"),
+                           *flags], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert time.monotonic() - started < 40
+    assert done.returncode == 2
+    assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_process_search_equals_one_process(tmp_path):
+    images = dataset(tmp_path / "images.npz", 3072)
+    out = tmp_path / "out"
+    ended = finish(start("search.py", SEARCH + ["--data", str(images), "--out", str(out)]))
+    assert [status for status, _, _ in ended] == [0, 0], [e for _, _, e in ended]
+    assert same_lines(ended[0][1], ended[1][1]) and "answer: " in ended[0][1]
+    summary = json.loads((out / "summary.json").read_text())
+    # The same search in this process, from the same flags.
+    spec = importlib.util.spec_from_file_location("search_script", REPO / "scripts" / "search.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    plan = script.make_plan(script.build_parser().parse_args(SEARCH))
+    ref = search.run_search(plan, data.load_npz(images), tmp_path / "ref", num_test=50)
+    assert summary["best"]["config"] == ref["best"]["config"]
+    for name, value in ref["best"]["metrics"].items():
+        if name.endswith("_acc"):
+            assert summary["best"]["metrics"][name] == pytest.approx(value, abs=1e-5), name
+    saved, expected = (np.load(folder / "best" / "params.npz") for folder in (out, tmp_path / "ref"))
+    for name in PARAMS:
+        np.testing.assert_allclose(saved[name], expected[name], atol=1e-5, err_msg=name)
