@@ -76,7 +76,7 @@ def parse_args():
                        help="draw N random configs from the --NAME-range flags")
     group.add_argument("--search-seed", type=int, default=0, help="seed of the random draws")
     for field in fields:
-        if field.name not in ("optimizer", "schedule", "dtype", "flip"):
+        if field.name not in ("optimizer", "schedule", "dtype", "compute_dtype", "flip"):
             group.add_argument(cli.flag(field.name) + "-range",
                                *[alias + "-range" for alias in ALIASES.get(field.name, [])],
                                dest=field.name + "_range",
