@@ -356,7 +356,7 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
         def step(carry, inputs):
             state, w1_sumsq = carry
             idx, t, is_validated = inputs
-            X_batch, y_batch = X[idx], y[idx]
+            X_batch, y_batch = gather_rows(X, idx), y[idx]
             loss, grads = jax.value_and_grad(loss_fn)(
                 state.params, hp, X_batch, y_batch, jax.random.fold_in(base_key, t), transform,
                 w1_sumsq)
@@ -497,12 +497,14 @@ def device_array(a, dtype, device=None) -> jax.Array:
     return jax.device_put(aligned_array(a, dtype), device, may_alias=True)
 
 
-_to_bfloat16 = jax.jit(lambda X: X.astype(jnp.bfloat16))
+_to_bfloat16_bits = jax.jit(
+    lambda X: jax.lax.bitcast_convert_type(X.astype(jnp.bfloat16), jnp.uint16))
 
 
 def training_rows(X, config: TrainConfig, device=None) -> jax.Array:
-    """The training rows X (N, D) on ``device`` (as ``device_array``) in the dtype the
-    loop reads them in: ``config.dtype``, or bfloat16 for ``compute_dtype`` bfloat16.
+    """The training rows X (N, D) on ``device`` (as ``device_array``) as the loop reads
+    them: in ``config.dtype``, or for ``compute_dtype`` bfloat16 rounded to bfloat16
+    and stored as their uint16 bit patterns (see ``gather_rows``).
 
     The bfloat16 copy is made once per run (per group in a sweep), by XLA on the
     device: it halves what every step's gather reads. (numpy's bfloat16 cast
@@ -510,7 +512,20 @@ def training_rows(X, config: TrainConfig, device=None) -> jax.Array:
     Both round to nearest even.
     """
     rows = device_array(X, config.dtype, device)
-    return _to_bfloat16(rows) if config.compute_dtype == "bfloat16" else rows
+    return _to_bfloat16_bits(rows) if config.compute_dtype == "bfloat16" else rows
+
+
+def gather_rows(X: jax.Array, idx: jax.Array) -> jax.Array:
+    """The minibatch X[idx]: (B, D) from X (N, D), as bfloat16 when X holds bfloat16 bit
+    patterns (uint16, from ``training_rows``).
+
+    XLA's CPU gather copies rows of 2-byte integers at memory speed but moves
+    bfloat16 rows value by value: 12-15 ms per step for CIFAR-10's batch of 200
+    against 0.3 ms, 20 times the whole float32 step.
+    """
+    if X.dtype == jnp.uint16:
+        return jax.lax.bitcast_convert_type(X[idx], jnp.bfloat16)
+    return X[idx]
 
 
 def learning_rates(config: TrainConfig, hp: dict, schedule: Schedule) -> jax.Array:
