@@ -341,7 +341,8 @@ def run_sweep_timed(configs, data, device) -> float:
 def bench_grid(sizes: Sizes, data32, data64, device, repeats: int, grid_repeats: int,
                say) -> dict:
     """The notebook's 12-config grid: numpy float64 one by one vs jaxnet's vmapped sweep,
-    in float32 and in mixed precision (interleaved)."""
+    in float32 and in mixed precision (interleaved). ``grid_repeats`` 0 times the
+    sweeps' steady state only (no numpy reference, no first call)."""
     configs = grid_configs(sizes)
     sweeps = {"jaxnet": configs, "bf16": [mixed(c) for c in configs]}
     times: dict = {"numpy_f64": [], "jaxnet_first": [], "jaxnet_steady": [], "bf16_first": [],
@@ -351,9 +352,11 @@ def bench_grid(sizes: Sizes, data32, data64, device, repeats: int, grid_repeats:
             times["numpy_f64"].append(sum(numpy_run(sizes, data64, c, np.float64, seed=i)
                                           for i, c in enumerate(configs)))
         for name, sweep_configs in sweeps.items():
-            if r < grid_repeats:
+            if r < max(grid_repeats, 1):  # the first call compiles
                 clear_jax_caches()
-                times[f"{name}_first"].append(run_sweep_timed(sweep_configs, data32, device))
+                first = run_sweep_timed(sweep_configs, data32, device)
+                if r < grid_repeats:
+                    times[f"{name}_first"].append(first)
             times[f"{name}_steady"].append(run_sweep_timed(sweep_configs, data32, device))
         say(f"  grid repeat {r + 1}/{max(grid_repeats, repeats)}: "
             + (f"numpy f64 {times['numpy_f64'][-1]:.1f} s, jaxnet {times['jaxnet_first'][-1]:.1f}"
@@ -362,20 +365,19 @@ def bench_grid(sizes: Sizes, data32, data64, device, repeats: int, grid_repeats:
               f"{times['bf16_steady'][-1]:.1f} s")
     N, M = len(data32[0]), len(data32[2])
     flops = grid_flops(sizes, configs, N, M)
-    out = {"grid_configs": len(configs), "grid_tflop": flops / 1e12,
-           "grid_numpy_f64_s": median(times["numpy_f64"]),
-           "grid_jaxnet_s": median(times["jaxnet_first"]),
-           "grid_jaxnet_steady_s": median(times["jaxnet_steady"]),
-           "grid_bf16_s": median(times["bf16_first"]),
-           "grid_bf16_steady_s": median(times["bf16_steady"]), "grid_times_s": times}
-    out["grid_jaxnet_compile_s"] = out["grid_jaxnet_s"] - out["grid_jaxnet_steady_s"]
-    out["grid_speedup_f64"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_s"]
-    out["grid_speedup_f64_steady"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_steady_s"]
-    out["grid_bf16_speedup_f64"] = out["grid_numpy_f64_s"] / out["grid_bf16_s"]
+    out = {"grid_configs": len(configs), "grid_tflop": flops / 1e12, "grid_times_s": times}
+    for name, key in (("numpy_f64", "grid_numpy_f64"), ("jaxnet_first", "grid_jaxnet"),
+                      ("jaxnet_steady", "grid_jaxnet_steady"), ("bf16_first", "grid_bf16"),
+                      ("bf16_steady", "grid_bf16_steady")):
+        if times[name]:
+            out[f"{key}_s"] = median(times[name])
+            out[f"{key}_gflops"] = flops / out[f"{key}_s"] / 1e9
     out["grid_bf16_speedup_jaxnet"] = out["grid_jaxnet_steady_s"] / out["grid_bf16_steady_s"]
-    for key in ("grid_numpy_f64", "grid_jaxnet", "grid_jaxnet_steady", "grid_bf16",
-                "grid_bf16_steady"):
-        out[f"{key}_gflops"] = flops / out[f"{key}_s"] / 1e9
+    if grid_repeats:
+        out["grid_jaxnet_compile_s"] = out["grid_jaxnet_s"] - out["grid_jaxnet_steady_s"]
+        out["grid_speedup_f64"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_s"]
+        out["grid_speedup_f64_steady"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_steady_s"]
+        out["grid_bf16_speedup_f64"] = out["grid_numpy_f64_s"] / out["grid_bf16_s"]
     return out
 
 
@@ -662,9 +664,9 @@ def parse_args():
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
     parser.add_argument("--repeats", type=cli.positive_int, default=3,
                         help="repeats of each measurement (the median is reported)")
-    parser.add_argument("--grid-repeats", type=cli.positive_int, default=1,
+    parser.add_argument("--grid-repeats", type=int, default=1,
                         help="repeats of the grid's numpy reference (~90 s each) and of the "
-                             "sweep's first call")
+                             "sweep's first call; 0 times the sweeps' steady state only")
     parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS), metavar="LIST",
                         help=f"comma-separated sections among {', '.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true",
@@ -696,6 +698,8 @@ def main():
         sections.append("sweep")
     if "sweep" in sections and not args.sweep_configs:
         raise ValueError("the 'sweep' section needs --sweep-configs N")
+    if args.grid_repeats < 0:
+        raise ValueError(f"--grid-repeats must be >= 0; got {args.grid_repeats}")
     measures_accuracy = [s for s in ("accuracy", "preset") if s in sections]
     if measures_accuracy and not args.data_dir:
         raise ValueError(f"the {' and '.join(measures_accuracy)} section(s) need CIFAR-10: "
