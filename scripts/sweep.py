@@ -15,9 +15,10 @@ Preprocessing: --preprocess none,standardize,zca is one more grid dimension;
 with --random each config draws its kind from the list. Each kind is fitted
 once on the training split (--pca-components, --whiten-eps as in train.py).
 Configs that share hidden size, batch size, iterations, optimizer, schedule,
-seed and preprocessing train together in one compiled program (a group), with
-the same minibatches; the sweep's result for a config equals `scripts/train.py`
-with the same flags, up to float rounding.
+seed, precision (--dtype, --compute-dtype; float32,bfloat16 sweeps both) and
+preprocessing train together in one compiled program (a group), with the same
+minibatches; the sweep's result for a config equals `scripts/train.py` with
+the same flags, up to float rounding.
 
 Writes to --out (default sweeps/<date-time>): results.csv and results.json
 (every config, sorted by validation accuracy), heatmap.png (validation
