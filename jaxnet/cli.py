@@ -149,6 +149,9 @@ CONFIG_HELP = {
     "translate": "random shifts of training images by up to this many pixels",
     "seed": "seed of the initial weights, the minibatches, dropout and augmentation",
     "dtype": "float32 or float64",
+    "compute_dtype": "bfloat16: the first layer's products on bfloat16 inputs, accumulated "
+                     "in float32; weights, loss and accuracies stay float32 (needs dtype "
+                     "float32). float32: products in dtype",
 }
 
 

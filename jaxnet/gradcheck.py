@@ -14,6 +14,19 @@ from . import reference
 from .validate import check_batch
 
 PARAM_NAMES = ("W1", "b1", "W2", "b2")
+# Significant bits of the floating types too coarse for a gradient check.
+HALF_PRECISION = {"bfloat16": 8, "float16": 11}
+
+
+def check_precision(name: str, a, h: float) -> None:
+    """Refuse a bfloat16 or float16 ``a``: its rounding (relative 2**-8 for bfloat16)
+    dwarfs the centered differences of step ``h`` that the check compares against."""
+    dtype = getattr(a, "dtype", None)
+    bits = HALF_PRECISION.get(getattr(dtype, "name", None))
+    if bits:
+        raise ValueError(f"gradient checks run in float64, but {name} is {dtype.name} "
+                         f"({bits} significant bits, too few for differences with h={h:g}); "
+                         f"pass float32 or float64 values")
 
 
 def rel_error(x, y) -> float:
@@ -43,6 +56,7 @@ def eval_numerical_gradient(f: Callable, x, h: float = 1e-5) -> np.ndarray:
     ``f`` takes the array (JAX arrays cannot be changed in place, so each
     evaluation gets its own perturbed float64 copy).
     """
+    check_precision("x", x, h)
     x = np.asarray(x)
     grad = _numerical_gradient_at(f, x, np.ndindex(x.shape), h)
     return grad.reshape(x.shape)
@@ -64,6 +78,9 @@ def compare_gradients(params: dict, X, y, reg: float = 0.0, h: float = 1e-5,
 
     from . import model
 
+    for name in PARAM_NAMES:
+        check_precision(f"params[{name!r}]", params.get(name), h)
+    check_precision("X", X, h)
     X, y, reg = check_batch(params, X, y, reg)
     params64 = {k: np.asarray(params[k], np.float64) for k in PARAM_NAMES}
     X64 = np.asarray(X, np.float64)

@@ -93,6 +93,8 @@ def estimate_memory(config: TrainConfig, num_configs: int, num_features: int,
 
     ``input_size``: the network's inputs per row, k, when an input transform maps
     the ``num_features`` of a row to k (W1 is (k, H)); default ``num_features``.
+    ``data_bytes`` counts the data as given; with ``compute_dtype`` bfloat16 the
+    training rows' bfloat16 copy is passed in too (``_configs_per_chunk``).
     """
     itemsize = np.dtype(config.dtype).itemsize
     H, B = config.hidden_size, config.batch_size
@@ -101,7 +103,11 @@ def estimate_memory(config: TrainConfig, num_configs: int, num_features: int,
     copies = 3 + OPTIMIZER_SLOTS[config.optimizer]  # params, best, grads, optimizer slots
     activations = 4 * B * (H + num_classes)          # forward and backward, with margin
     per_config = itemsize * (copies * param_count + activations + config.num_iters)
-    return data_bytes + num_configs * per_config + B * num_features * itemsize
+    rows_itemsize = itemsize
+    if config.compute_dtype == "bfloat16":
+        per_config += 2 * k * H  # W1 cast to bfloat16 for the products
+        rows_itemsize = 2
+    return data_bytes + num_configs * per_config + B * num_features * rows_itemsize
 
 
 class ConfigResult(NamedTuple):
@@ -152,8 +158,11 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
     # places its own shards; X stays aliased); on one process it is device_put.
     hp = {name: distributed.put(np.array([c.hyperparams()[name] for c in padded], dtype),
                                 by_config) for name in TrainConfig.CONTINUOUS}
-    X, X_val = (distributed.put(a, replicated, lambda a, to: solver.device_array(a, dtype, to))
-                for a in (data[0], data[2]))
+    # The training rows are cast once, for the whole chunk (solver.training_rows).
+    X = distributed.put(data[0], replicated,
+                        lambda a, to: solver.training_rows(a, config, to))
+    X_val = distributed.put(data[2], replicated,
+                            lambda a, to: solver.device_array(a, dtype, to))
     y, y_val = (distributed.put(a, replicated) for a in (data[1], data[3]))
     if transform is not None:
         transform = tuple(distributed.put(np.asarray(a, dtype), replicated) for a in transform)
@@ -375,6 +384,8 @@ def _configs_per_chunk(config: TrainConfig, group_size: int, data: tuple,
     if max_memory is None:
         return group_size
     data_bytes = sum(a.nbytes for a in data + tuple(transform or ()))
+    if config.compute_dtype == "bfloat16":
+        data_bytes += data[0].size * 2  # the training rows' bfloat16 copy
     num_features, input_size = data[0].shape[1], _input_size(data[0], transform)
     one = estimate_memory(config, 1, num_features, num_classes, data_bytes, input_size)
     if one > max_memory:

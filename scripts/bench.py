@@ -10,15 +10,22 @@ number is the median of several repeats):
           (the jaxnet rows' "% peak" is then against the GPU's)
   single  the notebook's run (hidden 50, batch 200, 1000 iterations): the numpy
           reference loop (jaxnet.reference.train) in float64 and float32, and
-          jaxnet's solver.train in float32, steady state and compile time
+          jaxnet's solver.train in float32 and in mixed precision (compute_dtype
+          bfloat16), steady state and compile time
   grid    the notebook's 12-config grid (lr x reg x batch size, 2000 iterations):
           the numpy reference one config after another (float64) against
-          jaxnet.sweep.run_sweep, compilation included and in steady state
+          jaxnet.sweep.run_sweep in float32 and in mixed precision, compilation
+          included and in steady state
   rss     peak memory (ru_maxrss, and VmHWM) of a child process running a
           48-config sweep of the notebook's shape; runs first, while this
           process is small, since Linux hands a parent's ru_maxrss to its child
   sweep   with --sweep-configs N: an N-config sweep (hidden 50, batch 200, 2000
           iterations), steady state after compile (how a GPU figure is measured)
+  accuracy  (needs --data-dir) what mixed precision costs: the notebook's grid in
+          float32 and in mixed precision on CIFAR-10, the best validation
+          accuracy of each and its params' accuracy on the 10,000 test images
+  preset  (needs --data-dir; about 2 x 8 minutes on 2 cores) the same for the
+          best preset (standardized inputs), trained once in each precision
 
 Achieved GFLOP/s count the matrix products analytically (see "flop_model" in
 the JSON). The data are CIFAR-10-shaped random numbers unless --data-dir
@@ -29,6 +36,7 @@ Examples:
   python scripts/bench.py --json bench.json
   python scripts/bench.py --only single --repeats 5
   python scripts/bench.py --only sweep --device gpu --sweep-configs 1024
+  python scripts/bench.py --only accuracy,preset --data-dir data --json accuracy.json
   python scripts/bench.py --quick --json /tmp/bench.json   # harness check, seconds
 """
 import argparse
@@ -49,11 +57,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxnet import cli, reference, runs, solver, sweep  # noqa: E402
+from jaxnet import cli, preprocess, reference, runs, solver, sweep  # noqa: E402
 from jaxnet.arrays import aligned_empty  # noqa: E402
 from jaxnet.solver import TrainConfig  # noqa: E402
 
-SECTIONS = ("peak", "single", "grid", "rss", "sweep")
+SECTIONS = ("peak", "single", "grid", "rss", "sweep", "accuracy", "preset")
 DEFAULT_SECTIONS = ("peak", "single", "grid", "rss")
 GRID_VALUES = {"learning_rate": [5e-4, 1e-3, 2.5e-3], "reg": [0.25, 0.5], "batch_size": [100, 200]}
 # 48 configs in 2 groups of 24 (one per batch size): the notebook's grid, widened.
@@ -259,25 +267,33 @@ def numpy_run(sizes, data, config: TrainConfig, dtype, seed=0) -> float:
     return seconds
 
 
+def mixed(config: TrainConfig) -> TrainConfig:
+    """``config`` in mixed precision: bfloat16 products, float32 accumulation."""
+    return dataclasses.replace(config, compute_dtype="bfloat16")
+
+
 def bench_single(sizes: Sizes, data32, data64, device, repeats: int, say) -> dict:
-    """numpy float64/float32 and jaxnet float32 on the notebook's single run, interleaved."""
+    """numpy float64/float32 and jaxnet float32 and mixed precision on the notebook's
+    single run, interleaved."""
     config = TrainConfig(hidden_size=sizes.hidden, num_iters=sizes.single_iters,
                          batch_size=sizes.single_batch)
     rows = {"numpy_f64": [], "numpy_f32": [], "jaxnet_first": [], "jaxnet_steady": [],
-            "jaxnet_compile": []}
+            "jaxnet_compile": [], "bf16_first": [], "bf16_steady": [], "bf16_compile": []}
     for r in range(repeats):
         rows["numpy_f64"].append(numpy_run(sizes, data64, config, np.float64))
         rows["numpy_f32"].append(numpy_run(sizes, data32, config, np.float32))
-        clear_jax_caches()
-        with jax.default_device(device):
-            first, _ = timed(lambda: solver.train(*data32, config))
-            steady, _ = timed(lambda: solver.train(*data32, config))
-        rows["jaxnet_first"].append(first)
-        rows["jaxnet_steady"].append(steady)
-        rows["jaxnet_compile"].append(first - steady)
+        for name, run_config in (("jaxnet", config), ("bf16", mixed(config))):
+            clear_jax_caches()
+            with jax.default_device(device):
+                first, _ = timed(lambda: solver.train(*data32, run_config))
+                steady, _ = timed(lambda: solver.train(*data32, run_config))
+            rows[f"{name}_first"].append(first)
+            rows[f"{name}_steady"].append(steady)
+            rows[f"{name}_compile"].append(first - steady)
         say(f"  single repeat {r + 1}/{repeats}: numpy f64 {rows['numpy_f64'][-1]:.2f} s, "
-            f"f32 {rows['numpy_f32'][-1]:.2f} s, jaxnet {steady:.2f} s "
-            f"(+{first - steady:.2f} s compile)")
+            f"f32 {rows['numpy_f32'][-1]:.2f} s, jaxnet {rows['jaxnet_steady'][-1]:.2f} s "
+            f"(+{rows['jaxnet_compile'][-1]:.2f} s compile), bfloat16 "
+            f"{rows['bf16_steady'][-1]:.2f} s")
     N, D = data32[0].shape
     flops = run_flops(N, D, sizes.hidden, sizes.num_classes, len(data32[2]),
                       sizes.single_batch, sizes.single_iters)
@@ -285,10 +301,15 @@ def bench_single(sizes: Sizes, data32, data64, device, repeats: int, say) -> dic
            "jaxnet_single_s": median(rows["jaxnet_steady"]),
            "jaxnet_single_first_s": median(rows["jaxnet_first"]),
            "jaxnet_single_compile_s": median(rows["jaxnet_compile"]),
+           "bf16_single_s": median(rows["bf16_steady"]),
+           "bf16_single_compile_s": median(rows["bf16_compile"]),
            "single_tflop": flops / 1e12, "single_times_s": rows}
     out["single_speedup_f32"] = out["numpy_f32_s"] / out["jaxnet_single_s"]
     out["single_speedup_f64"] = out["numpy_f64_s"] / out["jaxnet_single_s"]
-    for key in ("numpy_f64", "numpy_f32", "jaxnet_single"):
+    out["single_bf16_speedup_f32"] = out["numpy_f32_s"] / out["bf16_single_s"]
+    out["single_bf16_speedup_f64"] = out["numpy_f64_s"] / out["bf16_single_s"]
+    out["single_bf16_speedup_jaxnet"] = out["jaxnet_single_s"] / out["bf16_single_s"]
+    for key in ("numpy_f64", "numpy_f32", "jaxnet_single", "bf16_single"):
         out[f"{key}_gflops"] = flops / out[f"{key}_s"] / 1e9
     return out
 
@@ -319,33 +340,44 @@ def run_sweep_timed(configs, data, device) -> float:
 
 def bench_grid(sizes: Sizes, data32, data64, device, repeats: int, grid_repeats: int,
                say) -> dict:
-    """The notebook's 12-config grid: numpy float64 one by one vs jaxnet's vmapped sweep."""
+    """The notebook's 12-config grid: numpy float64 one by one vs jaxnet's vmapped sweep,
+    in float32 and in mixed precision (interleaved). ``grid_repeats`` 0 times the
+    sweeps' steady state only (no numpy reference, no first call)."""
     configs = grid_configs(sizes)
-    numpy_times, first_times, steady_times = [], [], []
+    sweeps = {"jaxnet": configs, "bf16": [mixed(c) for c in configs]}
+    times: dict = {"numpy_f64": [], "jaxnet_first": [], "jaxnet_steady": [], "bf16_first": [],
+                   "bf16_steady": []}
     for r in range(max(grid_repeats, repeats)):
         if r < grid_repeats:
-            numpy_times.append(sum(numpy_run(sizes, data64, c, np.float64, seed=i)
-                                   for i, c in enumerate(configs)))
-            clear_jax_caches()
-            first_times.append(run_sweep_timed(configs, data32, device))
-        steady_times.append(run_sweep_timed(configs, data32, device))
+            times["numpy_f64"].append(sum(numpy_run(sizes, data64, c, np.float64, seed=i)
+                                          for i, c in enumerate(configs)))
+        for name, sweep_configs in sweeps.items():
+            if r < max(grid_repeats, 1):  # the first call compiles
+                clear_jax_caches()
+                first = run_sweep_timed(sweep_configs, data32, device)
+                if r < grid_repeats:
+                    times[f"{name}_first"].append(first)
+            times[f"{name}_steady"].append(run_sweep_timed(sweep_configs, data32, device))
         say(f"  grid repeat {r + 1}/{max(grid_repeats, repeats)}: "
-            + (f"numpy f64 {numpy_times[-1]:.1f} s, jaxnet {first_times[-1]:.1f} s with "
-               f"compilation, " if r < grid_repeats else "")
-            + f"jaxnet steady {steady_times[-1]:.1f} s")
+            + (f"numpy f64 {times['numpy_f64'][-1]:.1f} s, jaxnet {times['jaxnet_first'][-1]:.1f}"
+               f" s with compilation, " if r < grid_repeats else "")
+            + f"jaxnet steady {times['jaxnet_steady'][-1]:.1f} s, bfloat16 steady "
+              f"{times['bf16_steady'][-1]:.1f} s")
     N, M = len(data32[0]), len(data32[2])
     flops = grid_flops(sizes, configs, N, M)
-    out = {"grid_configs": len(configs), "grid_tflop": flops / 1e12,
-           "grid_numpy_f64_s": median(numpy_times), "grid_jaxnet_s": median(first_times),
-           "grid_jaxnet_steady_s": median(steady_times),
-           "grid_times_s": {"numpy_f64": numpy_times, "jaxnet_first": first_times,
-                            "jaxnet_steady": steady_times}}
-    out["grid_jaxnet_compile_s"] = out["grid_jaxnet_s"] - out["grid_jaxnet_steady_s"]
-    out["grid_speedup_f64"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_s"]
-    out["grid_speedup_f64_steady"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_steady_s"]
-    out["grid_numpy_f64_gflops"] = flops / out["grid_numpy_f64_s"] / 1e9
-    out["grid_jaxnet_gflops"] = flops / out["grid_jaxnet_s"] / 1e9
-    out["grid_jaxnet_steady_gflops"] = flops / out["grid_jaxnet_steady_s"] / 1e9
+    out = {"grid_configs": len(configs), "grid_tflop": flops / 1e12, "grid_times_s": times}
+    for name, key in (("numpy_f64", "grid_numpy_f64"), ("jaxnet_first", "grid_jaxnet"),
+                      ("jaxnet_steady", "grid_jaxnet_steady"), ("bf16_first", "grid_bf16"),
+                      ("bf16_steady", "grid_bf16_steady")):
+        if times[name]:
+            out[f"{key}_s"] = median(times[name])
+            out[f"{key}_gflops"] = flops / out[f"{key}_s"] / 1e9
+    out["grid_bf16_speedup_jaxnet"] = out["grid_jaxnet_steady_s"] / out["grid_bf16_steady_s"]
+    if grid_repeats:
+        out["grid_jaxnet_compile_s"] = out["grid_jaxnet_s"] - out["grid_jaxnet_steady_s"]
+        out["grid_speedup_f64"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_s"]
+        out["grid_speedup_f64_steady"] = out["grid_numpy_f64_s"] / out["grid_jaxnet_steady_s"]
+        out["grid_bf16_speedup_f64"] = out["grid_numpy_f64_s"] / out["grid_bf16_s"]
     return out
 
 
@@ -434,9 +466,73 @@ def bench_sweep(sizes: Sizes, data32, device, num_configs: int, repeats: int, sa
     return out
 
 
+def load_cifar10(sizes: Sizes, data_dir: str) -> dict:
+    """CIFAR-10 from data_dir: the first sizes.num_train training images, the next
+    sizes.num_val for validation, and the whole test split."""
+    from jaxnet import data
+    return data.get_CIFAR10_data(data_dir, sizes.num_train, sizes.num_val, num_test=None)
+
+
+def bench_accuracy(sizes: Sizes, dataset: dict, device, say) -> dict:
+    """The notebook's grid in float32 and in mixed precision, same seeds: each one's best
+    validation accuracy and its params' accuracy on the whole test split."""
+    splits = (dataset["X_train"], dataset["y_train"], dataset["X_val"], dataset["y_val"])
+    out = {}
+    for name, configs in (("f32", grid_configs(sizes)),
+                          ("bf16", [mixed(c) for c in grid_configs(sizes)])):
+        with jax.default_device(device):
+            result = sweep.run_sweep(configs, *splits, devices=device_list(device))
+        best = result.results[result.best_index]
+        metrics = runs.evaluate(result.best_params, dataset, eval_test=True)
+        out[f"accuracy_grid_{name}_val"] = best.val_acc
+        out[f"accuracy_grid_{name}_test_full"] = metrics["test_acc_full"]
+        out[f"accuracy_grid_{name}_best_config"] = {
+            k: getattr(best.config, k) for k in GRID_VALUES}
+        out[f"accuracy_grid_{name}_vals"] = [r.val_acc for r in result.results]
+        say(f"  grid {name}: best val {best.val_acc:.4f}, test {metrics['test_acc_full']:.4f}")
+    out.update(accuracy_costs("grid", out))
+    out["accuracy_grid_max_config_val_diff_points"] = 100 * max(
+        abs(a - b) for a, b in zip(out["accuracy_grid_f32_vals"], out["accuracy_grid_bf16_vals"]))
+    return out
+
+
+def accuracy_costs(name: str, out: dict) -> dict:
+    """Points of validation and test accuracy lost to mixed precision (negative: gained)."""
+    return {f"accuracy_{name}_{split}_cost_points":
+            100 * (out[f"accuracy_{name}_f32_{split}"] - out[f"accuracy_{name}_bf16_{split}"])
+            for split in ("val", "test_full")}
+
+
+def bench_preset(sizes: Sizes, dataset: dict, device, quick: bool, say) -> dict:
+    """The best preset (standardized inputs) trained in float32 and in mixed precision:
+    best validation and whole-test accuracy, and the training time of each."""
+    config = solver.PRESETS["best"]
+    if quick:
+        config = dataclasses.replace(config, hidden_size=sizes.hidden,
+                                     num_iters=sizes.single_iters)
+    transform = preprocess.fit(solver.PRESET_PREPROCESS["best"], dataset["X_train"])
+    preprocessed = preprocess.apply_to_splits(dataset, transform)
+    out = {}
+    for name, run_config in (("f32", config), ("bf16", mixed(config))):
+        with jax.default_device(device):
+            result = solver.train(dataset["X_train"], dataset["y_train"], dataset["X_val"],
+                                  dataset["y_val"], run_config,
+                                  input_transform=(transform.mean, transform.matrix))
+        metrics = runs.evaluate(result.best_params, preprocessed, eval_test=True)
+        out[f"accuracy_preset_{name}_val"] = result.best_val_acc
+        out[f"accuracy_preset_{name}_test_full"] = metrics["test_acc_full"]
+        out[f"accuracy_preset_{name}_s"] = result.wall_s
+        say(f"  best preset {name}: val {result.best_val_acc:.4f}, test "
+            f"{metrics['test_acc_full']:.4f} in {result.wall_s:.0f} s")
+    out.update(accuracy_costs("preset", out))
+    out["accuracy_preset_iters"] = config.num_iters
+    return out
+
+
 # ----------------------------------------------------------------------------- report
 
-# (key, comparison, limit, text, platform of the jaxnet rows the target is set for)
+# (key, comparison, limit, text, platform of the jaxnet rows the target is set for; None:
+# every platform)
 TARGETS = [
     ("single_speedup_f32", ">=", 1.5, "single run: jaxnet vs numpy float32", "cpu"),
     ("single_speedup_f64", ">=", 2.8, "single run: jaxnet vs numpy float64", "cpu"),
@@ -444,6 +540,18 @@ TARGETS = [
     ("grid_peak_fraction", ">=", 0.75, "grid: sweep steady state / matrix peak", "cpu"),
     ("sweep48_peak_rss_mb", "<", 3000.0, "48-config sweep peak RSS (MB)", "cpu"),
     ("sweep1024_steady_s", "<=", 15.0, "1,024-config sweep after compilation (s)", "gpu"),
+    ("single_bf16_speedup_f32", ">=", 2.0, "single run: jaxnet bfloat16 vs numpy float32",
+     "cpu"),
+    ("grid_bf16_speedup_jaxnet", ">=", 1.6, "grid steady state: jaxnet bfloat16 vs float32",
+     "cpu"),
+    ("accuracy_grid_val_cost_points", "<=", 0.5,
+     "notebook grid: best val accuracy lost to bfloat16 (points)", None),
+    ("accuracy_grid_test_full_cost_points", "<=", 0.5,
+     "notebook grid: test accuracy lost to bfloat16 (points)", None),
+    ("accuracy_preset_val_cost_points", "<=", 0.5,
+     "best preset: val accuracy lost to bfloat16 (points)", None),
+    ("accuracy_preset_test_full_cost_points", "<=", 0.5,
+     "best preset: test accuracy lost to bfloat16 (points)", None),
 ]
 
 
@@ -503,12 +611,22 @@ def report(results: dict) -> str:
         lines.append(f"{'':44} {'':9} {'':8} {'':7} {results['single_speedup_f64']:7.2f}x"
                      "  speedup vs numpy f64")
     row("single: jaxnet compile time", "jaxnet_single_compile_s")
+    row("single: jaxnet bfloat16 (steady)", "bf16_single_s", "bf16_single_gflops",
+        "single_bf16_speedup_f32", "speedup vs numpy f32")
+    if "single_bf16_speedup_jaxnet" in results:
+        lines.append(f"{'':44} {'':9} {'':8} {'':7} "
+                     f"{results['single_bf16_speedup_jaxnet']:7.2f}x  speedup vs jaxnet f32")
+    row("single: jaxnet bfloat16 compile time", "bf16_single_compile_s")
     row(f"grid ({results.get('grid_configs')} configs): numpy float64 sequential",
         "grid_numpy_f64_s", "grid_numpy_f64_gflops")
     row("grid: jaxnet run_sweep, with compilation", "grid_jaxnet_s", "grid_jaxnet_gflops",
         "grid_speedup_f64", "speedup vs numpy f64")
     row("grid: jaxnet run_sweep, steady state", "grid_jaxnet_steady_s",
         "grid_jaxnet_steady_gflops", "grid_speedup_f64_steady")
+    row("grid: bfloat16 run_sweep, with compilation", "grid_bf16_s", "grid_bf16_gflops",
+        "grid_bf16_speedup_f64", "speedup vs numpy f64")
+    row("grid: bfloat16 run_sweep, steady state", "grid_bf16_steady_s",
+        "grid_bf16_steady_gflops", "grid_bf16_speedup_jaxnet", "speedup vs jaxnet f32 steady")
     if "sweep_configs" in results:
         row(f"sweep ({results['sweep_configs']} configs, batch 200): first call",
             "sweep_first_s")
@@ -519,9 +637,17 @@ def report(results: dict) -> str:
                      f"peak RSS {results['sweep48_peak_rss_mb']:.0f} MB (ru_maxrss; VmHWM "
                      f"{results['sweep48_vmhwm_mb'] or 0:.0f} MB); the float32 data alone: "
                      f"{results['sweep48_data_mb']:.0f} MB")
+    for name, text in (("grid", "notebook grid, best config"), ("preset", "best preset")):
+        if f"accuracy_{name}_f32_val" in results:
+            lines.append(f"accuracy, {text}: " + "; ".join(
+                f"{label} val {results[f'accuracy_{name}_{key}_val']:.4f} test "
+                f"{results[f'accuracy_{name}_{key}_test_full']:.4f}"
+                for key, label in (("f32", "float32"), ("bf16", "bfloat16")))
+                + f"; cost {results[f'accuracy_{name}_val_cost_points']:+.2f} / "
+                  f"{results[f'accuracy_{name}_test_full_cost_points']:+.2f} points")
     platform = results["machine"]["platform"]
     checks = [(key, op, limit, text) for key, op, limit, text, target_platform in TARGETS
-              if key in results and target_platform == platform]
+              if key in results and target_platform in (platform, None)]
     if checks:
         lines += ["", f"targets ({platform}):"]
         for key, op, limit, text in checks:
@@ -538,9 +664,9 @@ def parse_args():
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON here")
     parser.add_argument("--repeats", type=cli.positive_int, default=3,
                         help="repeats of each measurement (the median is reported)")
-    parser.add_argument("--grid-repeats", type=cli.positive_int, default=1,
+    parser.add_argument("--grid-repeats", type=int, default=1,
                         help="repeats of the grid's numpy reference (~90 s each) and of the "
-                             "sweep's first call")
+                             "sweep's first call; 0 times the sweeps' steady state only")
     parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS), metavar="LIST",
                         help=f"comma-separated sections among {', '.join(SECTIONS)}")
     parser.add_argument("--quick", action="store_true",
@@ -574,6 +700,12 @@ def main():
         sections.append("sweep")
     if "sweep" in sections and not args.sweep_configs:
         raise ValueError("the 'sweep' section needs --sweep-configs N")
+    if args.grid_repeats < 0:
+        raise ValueError(f"--grid-repeats must be >= 0; got {args.grid_repeats}")
+    measures_accuracy = [s for s in ("accuracy", "preset") if s in sections]
+    if measures_accuracy and not args.data_dir:
+        raise ValueError(f"the {' and '.join(measures_accuracy)} section(s) need CIFAR-10: "
+                         "give --data-dir")
     sizes = sizes_for(args)
     device = runs.select_device(args.device)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
@@ -614,6 +746,14 @@ def main():
         say(f"{args.sweep_configs}-config sweep ...")
         results.update(bench_sweep(sizes, data32, device, args.sweep_configs, args.repeats,
                                    say))
+    if measures_accuracy:
+        dataset = load_cifar10(sizes, args.data_dir)
+    if "accuracy" in sections:
+        say("accuracy: the notebook grid in float32 and bfloat16 ...")
+        results.update(bench_accuracy(sizes, dataset, device, say))
+    if "preset" in sections:
+        say("accuracy: the best preset in float32 and bfloat16 ...")
+        results.update(bench_preset(sizes, dataset, device, args.quick, say))
     peak = jaxnet_peak(results)
     if peak:
         for fraction, gflops in (("grid_peak_fraction", "grid_jaxnet_steady_gflops"),

@@ -15,9 +15,10 @@ Preprocessing: --preprocess none,standardize,zca is one more grid dimension;
 with --random each config draws its kind from the list. Each kind is fitted
 once on the training split (--pca-components, --whiten-eps as in train.py).
 Configs that share hidden size, batch size, iterations, optimizer, schedule,
-seed and preprocessing train together in one compiled program (a group), with
-the same minibatches; the sweep's result for a config equals `scripts/train.py`
-with the same flags, up to float rounding.
+seed, precision (--dtype, --compute-dtype; float32,bfloat16 sweeps both) and
+preprocessing train together in one compiled program (a group), with the same
+minibatches; the sweep's result for a config equals `scripts/train.py` with
+the same flags, up to float rounding.
 
 Writes to --out (default sweeps/<date-time>; an earlier sweep's folder only
 with --overwrite): results.csv and results.json (every config, sorted by
@@ -92,7 +93,7 @@ def parse_args():
                        help="draw N random configs from the --NAME-range flags")
     group.add_argument("--search-seed", type=cli.seed, default=0, help="seed of the random draws")
     for field in fields:
-        if field.name not in ("optimizer", "schedule", "dtype", "flip"):
+        if field.name not in ("optimizer", "schedule", "dtype", "compute_dtype", "flip"):
             group.add_argument(cli.flag(field.name) + "-range",
                                *[alias + "-range" for alias in ALIASES.get(field.name, [])],
                                dest=field.name + "_range",

@@ -13,7 +13,9 @@ SCRIPT = REPO / "scripts" / "bench.py"
 REQUIRED = ["peak_gflops", "numpy_f64_s", "numpy_f32_s", "jaxnet_single_s",
             "jaxnet_single_compile_s", "grid_numpy_f64_s", "grid_jaxnet_s",
             "grid_jaxnet_steady_gflops", "grid_peak_fraction", "sweep48_peak_rss_mb",
-            "single_speedup_f32", "single_speedup_f64", "grid_speedup_f64"]
+            "single_speedup_f32", "single_speedup_f64", "grid_speedup_f64",
+            "bf16_single_s", "grid_bf16_steady_s", "single_bf16_speedup_f32",
+            "grid_bf16_speedup_jaxnet"]
 
 
 def run_bench(*args, timeout=600):
@@ -80,6 +82,8 @@ def test_flop_count_of_the_notebook_grid_is_about_2_2_tflop():
     (["--only", "bogus"], "unknown section"),
     (["--only", "sweep"], "--sweep-configs"),
     (["--repeats", "0"], "--repeats"),
+    (["--only", "accuracy"], "need CIFAR-10: give --data-dir"),
+    (["--grid-repeats", "-1"], "--grid-repeats must be >= 0"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(args, message):
     proc = run_bench(*args, timeout=120)
