@@ -238,6 +238,21 @@ RESUME_FREE = ("resume", "checkpoint_every", "data_dir", "data", "device", "verb
 SAVED_ARGS = Path(PROGRESS_FOLDER) / "args.json"
 
 
+def add_out_arguments(parser: argparse.ArgumentParser, what: str, folder: str) -> None:
+    """--out (a new or empty folder, default FOLDER/<date-time>) and --overwrite."""
+    parser.add_argument("--out", help=f"output folder, new or empty (default: "
+                                      f"{folder}/<date-time>)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"let --out be a folder of an earlier {what}, and clear it first")
+
+
+def add_max_memory_argument(parser: argparse.ArgumentParser) -> None:
+    """--max-memory MB of the sweeps."""
+    parser.add_argument("--max-memory", type=memory_mb, metavar="MB",
+                        help="memory budget in MB (inf: none); larger groups train in chunks "
+                             "that fit")
+
+
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint-every SECONDS and --resume RUN_DIR."""
     group = parser.add_argument_group("interruption and resume")

@@ -108,12 +108,8 @@ def build_parser() -> cli.Parser:
     base.add_argument("--train-seed", type=cli.seed, default=BASE.seed,
                       help=cli.CONFIG_HELP["seed"])
     cli.add_data_arguments(parser, eval_test=False)  # the answer is always evaluated on test
-    parser.add_argument("--out", help="output folder, new or empty (default: searches/<date-time>)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="let --out be a folder of an earlier search, and clear it first")
-    parser.add_argument("--max-memory", type=cli.memory_mb, metavar="MB",
-                        help="memory budget in MB (inf: none); larger groups train in chunks "
-                             "that fit")
+    cli.add_out_arguments(parser, "search", "searches")
+    cli.add_max_memory_argument(parser)
     cli.add_checkpoint_arguments(parser)
     distributed.add_arguments(parser)
     return parser

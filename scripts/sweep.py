@@ -102,12 +102,8 @@ def parse_args():
         parser, "comma-separated preprocessing kinds: a grid dimension, or with --random "
                 "drawn per config (default: none, and no preprocess column)")
     cli.add_data_arguments(parser)
-    parser.add_argument("--out", help="output folder, new or empty (default: sweeps/<date-time>)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="let --out be a folder of an earlier sweep, and clear it first")
-    parser.add_argument("--max-memory", type=cli.memory_mb, metavar="MB",
-                        help="memory budget in MB (inf: none); larger groups train in chunks "
-                             "that fit")
+    cli.add_out_arguments(parser, "sweep", "sweeps")
+    cli.add_max_memory_argument(parser)
     parser.add_argument("--top", type=cli.positive_int, default=10,
                         help="rows of the results table to print")
     cli.add_checkpoint_arguments(parser)

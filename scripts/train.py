@@ -74,9 +74,7 @@ def parse_args():
                        help="zca: eps relative to the mean variance (default 0.01); "
                             "pca: whiten with this eps (default: no whitening)")
     cli.add_data_arguments(parser)
-    parser.add_argument("--out", help="run folder, new or empty (default: runs/<date-time>)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="let --out be a folder of an earlier run, and clear it first")
+    cli.add_out_arguments(parser, "run", "runs")
     parser.add_argument("--verbose", action="store_true",
                         help="print the notebook's 'iteration 100 / 1000: loss ...' lines")
     cli.add_checkpoint_arguments(parser)
