@@ -327,7 +327,7 @@ def test_zip_bomb_of_the_wrong_shape_is_refused_before_it_is_inflated(tmp_path, 
     with pytest.raises(ValueError, match=r"bomb.npz: params shapes do not fit together"):
         load_checkpoint(tmp_path / "bomb.npz")
     rng = np.random.RandomState(0)
-    (X, y), (Xv, yv) = splits(rng, 20), splits(rng, 10)
+    (X, _), (Xv, yv) = splits(rng, 20), splits(rng, 10)
     np.savez_compressed(tmp_path / "data.npz", X_train=X, y_train=np.zeros(10**7, np.int64),
                         X_val=Xv, y_val=yv)
     with pytest.raises(ValueError, match="y_train has 10000000 labels but there are 20"):

@@ -1,7 +1,6 @@
 """Checkpoints (atomic save, round trip, clear errors on bad files) and the PNG figures."""
 import json
 import os
-import zipfile
 
 import numpy as np
 import pytest
