@@ -61,16 +61,22 @@ AUGMENTED = TrainConfig(num_iters=95, batch_size=20, optimizer="adam", learning_
                         reg=0.01, std=1e-2, dropout=0.3, flip=True, translate=2, seed=3)
 
 
+def train_killed_after(monkeypatch, data: list, folder: Path, chunks: int) -> None:
+    """Train AUGMENTED in chunks of 10 steps, saving after each, until the kill after
+    ``chunks`` chunks."""
+    restore = kill_after(monkeypatch, resume.LoopHook, chunks)
+    with pytest.raises(Killed):
+        solver.train(*data, AUGMENTED, chunk_size=10,
+                     checkpoint=resume.Checkpoint(folder, every=1e-9))
+    restore()
+
+
 def test_train_resumed_at_any_chunk_equals_uninterrupted(images, tmp_path, monkeypatch):
     data = [images[k] for k in ("X_train", "y_train", "X_val", "y_val")]
     whole = solver.train(*data, AUGMENTED, chunk_size=10)
     for stop_after in (1, 4, 8):  # the first chunk, one in the middle, the one before last
         folder = tmp_path / str(stop_after)
-        restore = kill_after(monkeypatch, resume.LoopHook, stop_after)
-        with pytest.raises(Killed):
-            solver.train(*data, AUGMENTED, chunk_size=10,
-                         checkpoint=resume.Checkpoint(folder, every=1e-9))
-        restore()
+        train_killed_after(monkeypatch, data, folder, stop_after)
         resumed = solver.train(*data, AUGMENTED, chunk_size=10,
                                checkpoint=resume.Checkpoint(folder, every=1e-9, resume=True))
         assert_same_arrays(whole.params, resumed.params)
@@ -83,11 +89,7 @@ def test_train_resumed_at_any_chunk_equals_uninterrupted(images, tmp_path, monke
 
 def test_train_resume_refuses_other_config_data_or_chunking(images, tmp_path, monkeypatch):
     data = [images[k] for k in ("X_train", "y_train", "X_val", "y_val")]
-    restore = kill_after(monkeypatch, resume.LoopHook, 2)
-    with pytest.raises(Killed):
-        solver.train(*data, AUGMENTED, chunk_size=10,
-                     checkpoint=resume.Checkpoint(tmp_path, every=1e-9))
-    restore()
+    train_killed_after(monkeypatch, data, tmp_path, 2)
     again = resume.Checkpoint(tmp_path, every=0, resume=True)
     other = TrainConfig(**{**AUGMENTED.__dict__, "dropout": 0.4})
     with pytest.raises(ValueError, match="config dropout: saved 0.3, now 0.4"):
@@ -102,11 +104,7 @@ def test_corrupt_latest_falls_back_to_previous_then_fails_clearly(images, tmp_pa
                                                                   monkeypatch):
     data = [images[k] for k in ("X_train", "y_train", "X_val", "y_val")]
     whole = solver.train(*data, AUGMENTED, chunk_size=10)
-    restore = kill_after(monkeypatch, resume.LoopHook, 5)
-    with pytest.raises(Killed):
-        solver.train(*data, AUGMENTED, chunk_size=10,
-                     checkpoint=resume.Checkpoint(tmp_path, every=1e-9))
-    restore()
+    train_killed_after(monkeypatch, data, tmp_path, 5)
     latest, previous = tmp_path / "progress.npz", tmp_path / "progress.previous.npz"
     assert latest.exists() and previous.exists()
     latest.write_bytes(latest.read_bytes()[:5000])  # truncated, as by a crash mid-copy
@@ -130,11 +128,7 @@ def test_corrupt_latest_falls_back_to_previous_then_fails_clearly(images, tmp_pa
 def test_inconsistent_progress_is_refused(images, tmp_path, monkeypatch):
     """Arrays of the wrong shape, or impossible counts, in a file that reads fine."""
     data = [images[k] for k in ("X_train", "y_train", "X_val", "y_val")]
-    restore = kill_after(monkeypatch, resume.LoopHook, 3)
-    with pytest.raises(Killed):
-        solver.train(*data, AUGMENTED, chunk_size=10,
-                     checkpoint=resume.Checkpoint(tmp_path, every=1e-9))
-    restore()
+    train_killed_after(monkeypatch, data, tmp_path, 3)
     path = tmp_path / "progress.npz"
     (tmp_path / "progress.previous.npz").unlink()
     good = dict(np.load(path))
