@@ -334,17 +334,24 @@ def test_resume_refuses_changed_flags_and_missing_progress(npz_data, tmp_path):
     assert "nothing to resume (checkpoint/args.json is missing" in nothing.stderr
 
 
+def run_whole_and_start_saving(name: str, flags: tuple, tmp_path: Path) -> tuple:
+    """Run ``scripts/name`` to the end without saving (``tmp_path/whole``), then start the
+    same command saving after every chunk into ``tmp_path/resumed``; return both folders
+    and the running process."""
+    whole, out = tmp_path / "whole", tmp_path / "resumed"
+    subprocess.run(script(name, *flags, "--out", str(whole), "--checkpoint-every", "0"),
+                   check=True, capture_output=True)
+    process = subprocess.Popen(script(name, *flags, "--out", str(out), "--checkpoint-every",
+                                      "1e-9"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return whole, out, process
+
+
 def test_sweep_script_terminated_in_second_group_then_resumed(npz_data, tmp_path):
     flags = ("--data", str(npz_data), "--num-iters", "300", "--batch-size", "20",
              "--hidden-size", "20,30", "--lr", "1e-3,3e-3", "--reg", "0.01", "--std", "1e-2",
              "--optimizer", "adam", "--dropout", "0.2", "--flip", "1")
-    whole = tmp_path / "whole"
-    subprocess.run(script("sweep.py", *flags, "--out", str(whole), "--checkpoint-every", "0"),
-                   check=True, capture_output=True)
-    out = tmp_path / "resumed"
-    process = subprocess.Popen(script("sweep.py", *flags, "--out", str(out),
-                                      "--checkpoint-every", "1e-9"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    whole, out, process = run_whole_and_start_saving("sweep.py", flags, tmp_path)
     progress = out / "checkpoint" / "progress-none.npz"
     deadline = time.monotonic() + 120
     while True:  # until the second group (hidden 30) has saved a chunk of its own
@@ -378,13 +385,7 @@ def test_search_script_killed_in_narrow_stage_then_resumed(npz_data, tmp_path):
              "--coarse-epochs", "5", "--top", "1", "--narrow", "2", "--narrow-hidden", "20",
              "--narrow-epochs", "20", "--final-hidden", "20", "--final-epochs", "5",
              "--final-lr-scales", "1", "--preprocess", "none", "--batch-size", "20")
-    whole = tmp_path / "whole"
-    subprocess.run(script("search.py", *flags, "--out", str(whole), "--checkpoint-every", "0"),
-                   check=True, capture_output=True)
-    out = tmp_path / "resumed"
-    process = subprocess.Popen(script("search.py", *flags, "--out", str(out),
-                                      "--checkpoint-every", "1e-9"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    whole, out, process = run_whole_and_start_saving("search.py", flags, tmp_path)
     wait_for(out / "checkpoint" / "progress-narrow-none.npz", process)
     process.kill()
     process.wait()
