@@ -139,6 +139,11 @@ CONFIG_HELP = {
     "patience": "stop after this many validations without a new best (0 = never)",
     "flip": "random horizontal flips of training images (1 = on)",
     "translate": "random shifts of training images by up to this many pixels",
+    "mixup": "mixup's alpha: each training row blended with another, weight ~ Beta(alpha, "
+             "alpha), and the loss with it (0 = off)",
+    "label_smoothing": "share of each target's probability spread over all classes (0 = off)",
+    "ema": "decay per step of a moving average of the weights, which is then the model "
+           "validated and saved (0 = off; 0.999 averages about the last 1000 steps)",
     "seed": "seed of the initial weights, the minibatches, dropout and augmentation",
     "dtype": "float32 or float64",
     "compute_dtype": "bfloat16: the first layer's products on bfloat16 inputs, accumulated "

@@ -37,7 +37,7 @@ import numpy as np
 from . import distributed
 from .validate import read_npz
 
-VERSION = "0.5.0"
+VERSION = "0.6.0"
 OUTPUT_NAMES = ("loss", "train_correct", "val_correct")
 _stop_signal: int | None = None
 

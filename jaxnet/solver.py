@@ -44,6 +44,13 @@ class TrainConfig:
     warmup. ``momentum`` is the momentum of momentum/nesterov and Adam's b1.
     ``patience`` > 0 stops training (freezes the params) once that many
     validations in a row bring no new best validation accuracy.
+    ``mixup`` > 0 blends each training row with another of its minibatch,
+    weight ``lam ~ Beta(mixup, mixup)`` per step, and the loss with the same
+    weight; ``label_smoothing`` moves that much of each target's probability
+    onto the uniform distribution; ``ema`` > 0 keeps an exponential moving
+    average of the params with that decay per step, and that average (not the
+    last step's params) is validated, chosen as best and saved (see
+    ``averaged_params``).
     ``compute_dtype="bfloat16"`` (with ``dtype="float32"``) stores the
     training rows in bfloat16 and runs the first layer's products, forward and
     backward, on bfloat16 operands with float32 accumulation (see
@@ -67,6 +74,9 @@ class TrainConfig:
     patience: int = 0
     flip: bool = False
     translate: int = 0
+    mixup: float = 0.0
+    label_smoothing: float = 0.0
+    ema: float = 0.0
     seed: int = 0
     dtype: str = "float32"
     compute_dtype: str = "float32"
@@ -78,11 +88,14 @@ class TrainConfig:
                  "compute_dtype")
     # Continuous hyperparameters: traced values, so changing them never recompiles.
     CONTINUOUS = ("learning_rate", "learning_rate_decay", "reg", "std", "momentum",
-                  "weight_decay", "dropout")
+                  "weight_decay", "dropout", "mixup", "label_smoothing", "ema")
+    # Continuous fields whose 0 switches their part of the loop off, a structural choice.
+    SWITCHES = ("dropout", "mixup", "label_smoothing", "ema")
 
     def structure(self) -> tuple:
-        """The values of the structural fields plus whether dropout is on."""
-        return tuple(getattr(self, f) for f in self.STRUCTURE) + (self.dropout > 0,)
+        """The values of the structural fields plus which of the SWITCHES are on."""
+        return (tuple(getattr(self, f) for f in self.STRUCTURE)
+                + tuple(getattr(self, f) > 0 for f in self.SWITCHES))
 
     def hyperparams(self) -> dict:
         """The continuous hyperparameters as floats."""
@@ -104,8 +117,7 @@ class TrainConfig:
             # Steps and row indices are int32 in compiled code.
             need(isinstance(value, (int, np.integer)) and 1 <= value < 2**31,
                  f"{name} must be an integer in [1, 2**31); got {value!r}")
-        for name in ("learning_rate", "learning_rate_decay", "reg", "std", "momentum",
-                     "weight_decay", "dropout"):
+        for name in self.CONTINUOUS:
             value = getattr(self, name)
             need(isinstance(value, (int, float, np.integer, np.floating))
                  and not isinstance(value, bool), f"{name} must be a number; got {value!r}")
@@ -117,7 +129,11 @@ class TrainConfig:
         need(0 < self.learning_rate_decay <= 1,
              f"learning_rate_decay must be in (0, 1]; got {self.learning_rate_decay}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}")
-        need(0 <= self.dropout < 1, f"dropout must be in [0, 1); got {self.dropout}")
+        for name in ("dropout", "label_smoothing", "ema"):
+            value = getattr(self, name)
+            need(0 <= value < 1, f"{name} must be in [0, 1); got {value}")
+        need(math.isfinite(self.mixup) and self.mixup >= 0,
+             f"mixup must be finite and >= 0; got {self.mixup}")
         need(self.optimizer in OPTIMIZERS,
              f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         need(self.schedule in SCHEDULES,
@@ -228,6 +244,7 @@ class State(NamedTuple):
     best_val_correct: jax.Array  # int: validation hits of best_params (-1 before any epoch)
     stale: jax.Array             # int: validations since the last new best
     stopped_at: jax.Array        # int: the step at which early stopping froze the params
+    ema: dict | None = None      # with config.ema: the running average, before debiasing
 
 
 def init_state(config: TrainConfig, hp: dict, params: dict, lrs: jax.Array) -> State:
@@ -235,8 +252,22 @@ def init_state(config: TrainConfig, hp: dict, params: dict, lrs: jax.Array) -> S
     opt = make_optimizer(config, hp, lambda count: lrs[count])
     best = jax.tree.map(jnp.copy, params)  # a buffer of its own: the state is donated
     never = jnp.array(config.num_iters, jnp.int32)
+    ema = jax.tree.map(jnp.zeros_like, params) if config.ema > 0 else None
     return State(params, opt.init(params), best, jnp.array(-1, jnp.int32),
-                 jnp.array(0, jnp.int32), never)
+                 jnp.array(0, jnp.int32), never, ema)
+
+
+def update_average(ema: dict, params: dict, decay) -> dict:
+    """One step of the exponential moving average: ``ema + (1 - decay) * (params - ema)``."""
+    return jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), ema, params)
+
+
+def averaged_params(ema: dict, decay, steps) -> dict:
+    """The average of the params over ``steps`` steps, from ``ema`` started at zeros:
+    divided by ``1 - decay**steps``, the weight it has gathered (as Adam debiases its
+    moments), so every step's params count and the zeros do not."""
+    weight = 1 - decay ** steps
+    return jax.tree.map(lambda e: e / weight, ema)
 
 
 def apply_transform(transform, X: jax.Array) -> jax.Array:
@@ -307,15 +338,20 @@ def transpose_w1(tree):
 
 
 def training_scores(config: TrainConfig, hp: dict, params: dict, X: jax.Array, key: jax.Array,
-                    transform=None, w1_transposed: bool = False):
-    """Scores (N, C) in training mode: augmentation of X (N, D), then the input transform
-    (if any, see ``apply_transform``; W1 is then (k, H)), inverted dropout on the hidden layer.
+                    transform=None, w1_transposed: bool = False, mix=None):
+    """Scores (N, C) in training mode: augmentation of X (N, D), then mixup (``mix``, from
+    ``mixup_partners``), the input transform (if any, see ``apply_transform``; W1 is then
+    (k, H)), inverted dropout on the hidden layer.
 
     ``w1_transposed``: ``params["W1"]`` is stored (H, D), as inside the training loop
     (only then does ``config.compute_dtype`` apply).
     """
     augment_key, dropout_key = jax.random.split(key)
     X = augment_rows(augment_key, X, config.flip, config.translate)
+    if mix is not None:
+        lam, partners = mix
+        X = X.astype(hp["mixup"].dtype)  # blended in float32 (or float64), not bfloat16
+        X = lam * X + (1 - lam) * X[partners]
     X = apply_transform(transform, X)
     if w1_transposed:
         h = hidden_t(params, X, config.compute_dtype).T
@@ -326,6 +362,42 @@ def training_scores(config: TrainConfig, hp: dict, params: dict, X: jax.Array, k
         mask = jax.random.bernoulli(dropout_key, keep, h.shape)
         h = jnp.where(mask, h / keep, 0.0)
     return h @ params["W2"] + params["b2"]
+
+
+# Folded into a step's key for the mixup draws, so that turning mixup on leaves the
+# step's augmentation and dropout draws as they were.
+MIXUP_STREAM = 1
+
+
+def mixup_partners(key: jax.Array, alpha: jax.Array, n: int) -> tuple:
+    """A minibatch's mixup draw: the weight lam ~ Beta(alpha, alpha) (scalar) and each
+    row's partner, a permutation of the n rows."""
+    lam_key, partner_key = jax.random.split(key)
+    return jax.random.beta(lam_key, alpha, alpha), jax.random.permutation(partner_key, n)
+
+
+def training_loss(config: TrainConfig, hp: dict, params: dict, X: jax.Array, y: jax.Array,
+                  key: jax.Array, transform=None, w1_transposed: bool = False) -> jax.Array:
+    """The data loss of a training minibatch X (B, D), y (B,) ints (no L2 penalty): the
+    cross-entropy of ``training_scores``, against targets smoothed by
+    ``config.label_smoothing``; with ``config.mixup`` the rows are blended and the loss
+    is ``lam * loss(y) + (1 - lam) * loss(y[partners])``."""
+    mix = None
+    if config.mixup > 0:
+        mix = mixup_partners(jax.random.fold_in(key, MIXUP_STREAM), hp["mixup"], len(y))
+    logits = training_scores(config, hp, params, X, key, transform, w1_transposed, mix)
+
+    def loss(labels):
+        if config.label_smoothing == 0:
+            return model.cross_entropy(logits, labels)
+        log_probs = jax.nn.log_softmax(logits, axis=1)
+        nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+        smoothing = hp["label_smoothing"]
+        return jnp.mean((1 - smoothing) * nll - smoothing * jnp.mean(log_probs, axis=1))
+    if mix is None:
+        return loss(y)
+    lam, partners = mix
+    return lam * loss(y) + (1 - lam) * loss(y[partners])
 
 
 def make_chunk_fn(config: TrainConfig) -> Callable:
@@ -347,9 +419,8 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
         # sum(W1**2), computed right after W1 was. Reading W1 again here would
         # make XLA copy W1 every step (the in-place update could not be ordered
         # after the read). Its gradient, 2 * reg * W1, is added by hand.
-        logits = training_scores(config, hp, params, X, key, transform, w1_transposed=True)
         penalty = hp["reg"] * (w1_sumsq + jnp.sum(params["W2"] ** 2))
-        return model.cross_entropy(logits, y) + penalty
+        return training_loss(config, hp, params, X, y, key, transform, True) + penalty
 
     def chunk(state, hp, lrs, X, y, X_val, y_val, batches, steps, validate, transform=None):
         opt = make_optimizer(config, hp, lambda count: lrs[count])
@@ -364,16 +435,22 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
             grads = {**grads, "W1": grads["W1"] + 2 * hp["reg"] * state.params["W1"]}
             updates, opt_state = opt.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
+            ema = None if config.ema == 0 else update_average(state.ema, params, hp["ema"])
             if config.patience:  # after an early stop the params stay frozen
                 running = t < state.stopped_at
                 keep = lambda new, old: jnp.where(running, new, old)  # noqa: E731
                 params = jax.tree.map(keep, params, state.params)
                 opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+                ema = jax.tree.map(keep, ema, state.ema)
 
             def record(tracking):
                 best_params, best_val_correct, stale, stopped_at = tracking
+                # The model validated and kept as best: the params, or their average.
+                candidate = params if ema is None else averaged_params(
+                    ema, hp["ema"], jnp.minimum(t, stopped_at - 1) + 1)
+
                 def hits(X, y):
-                    scores = hidden_t(params, X).T @ params["W2"] + params["b2"]
+                    scores = hidden_t(candidate, X).T @ candidate["W2"] + candidate["b2"]
                     return jnp.sum(jnp.argmax(scores, axis=1) == y, dtype=jnp.int32)
 
                 # float32 hits even in mixed precision: the bfloat16 rows are upcast.
@@ -382,7 +459,7 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
                 val_correct = hits(X_val, y_val)
                 better = val_correct > best_val_correct
                 best_params = jax.tree.map(lambda new, old: jnp.where(better, new, old),
-                                           params, best_params)
+                                           candidate, best_params)
                 stale = jnp.where(better, 0, stale + 1)
                 if config.patience:
                     stopped_at = jnp.where((stale >= config.patience) & (t < stopped_at),
@@ -398,7 +475,7 @@ def make_chunk_fn(config: TrainConfig) -> Callable:
             tracking, accs = jax.lax.cond(
                 is_validated, record, skip,
                 (state.best_params, state.best_val_correct, state.stale, state.stopped_at))
-            return (State(params, opt_state, *tracking), jnp.sum(params["W1"] ** 2)), \
+            return (State(params, opt_state, *tracking, ema), jnp.sum(params["W1"] ** 2)), \
                 (loss,) + accs
 
         # W1 is stored (H, D) inside the loop (see hidden_t), (D, H) outside.

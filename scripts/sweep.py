@@ -15,7 +15,8 @@ Preprocessing: --preprocess none,standardize,zca is one more grid dimension;
 with --random each config draws its kind from the list. Each kind is fitted
 once on the training split (--pca-components, --whiten-eps as in train.py).
 Configs that share hidden size, batch size, iterations, optimizer, schedule,
-seed, precision (--dtype, --compute-dtype; float32,bfloat16 sweeps both) and
+seed, precision (--dtype, --compute-dtype; float32,bfloat16 sweeps both), which of
+dropout, mixup, label smoothing and ema are on (not their values), and
 preprocessing train together in one compiled program (a group), with the same
 minibatches; the sweep's result for a config equals `scripts/train.py` with
 the same flags, up to float rounding.

@@ -39,11 +39,12 @@ def cosine_schedule(num_iters: int, lr: float, warmup: int = 0) -> np.ndarray:
 
 
 def train(params: dict, X, y, batches, lrs, reg: float, optimizer: str,
-          momentum: float = 0.9, weight_decay: float = 0.0):
+          momentum: float = 0.9, weight_decay: float = 0.0, trajectory: list | None = None):
     """Run ``len(batches)`` steps of ``optimizer`` from ``params`` (not modified).
 
     batches: (T, B) row indices; lrs: (T,) learning rates. Returns the final
     params and the loss at each step (computed before that step's update).
+    ``trajectory``, a list, receives a copy of the params after every step.
     """
     p = {k: np.array(v, np.float64) for k, v in params.items()}
     slots = {k: (np.zeros_like(v), np.zeros_like(v)) for k, v in p.items()}
@@ -67,4 +68,31 @@ def train(params: dict, X, y, batches, lrs, reg: float, optimizer: str,
                     update = update + weight_decay * p[name]
             slots[name] = (m, v)
             p[name] = p[name] - lr * update
+        if trajectory is not None:
+            trajectory.append({k: v.copy() for k, v in p.items()})
     return p, np.array(losses)
+
+
+def moving_averages(trajectory: list, decay: float) -> list:
+    """The exponential moving average of the params after each step, started at zeros and
+    divided by the weight it has gathered, ``1 - decay**(t + 1)``."""
+    ema = {k: np.zeros_like(v) for k, v in trajectory[0].items()}
+    averages = []
+    for t, p in enumerate(trajectory):
+        ema = {k: decay * ema[k] + (1 - decay) * p[k] for k in p}
+        averages.append({k: v / (1 - decay ** (t + 1)) for k, v in ema.items()})
+    return averages
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def smoothed_cross_entropy(scores: np.ndarray, y: np.ndarray, smoothing: float) -> float:
+    """Mean cross-entropy against targets (1 - smoothing) * one_hot(y) + smoothing / C."""
+    log_probs = log_softmax(scores)
+    C = scores.shape[1]
+    targets = np.full(scores.shape, smoothing / C)
+    targets[np.arange(len(y)), y] += 1 - smoothing
+    return float(-np.mean(np.sum(targets * log_probs, axis=1)))

@@ -58,7 +58,8 @@ def assert_same_arrays(a: dict, b: dict):
 
 
 AUGMENTED = TrainConfig(num_iters=95, batch_size=20, optimizer="adam", learning_rate=1e-3,
-                        reg=0.01, std=1e-2, dropout=0.3, flip=True, translate=2, seed=3)
+                        reg=0.01, std=1e-2, dropout=0.3, flip=True, translate=2, seed=3,
+                        mixup=0.4, label_smoothing=0.1, ema=0.9)
 
 
 def train_killed_after(monkeypatch, data: list, folder: Path, chunks: int) -> None:
