@@ -17,14 +17,15 @@ def flip_horizontal(images: jax.Array) -> jax.Array:
     return images[:, :, ::-1, :]
 
 
-def translate(images: jax.Array, shifts: jax.Array) -> jax.Array:
+def translate(images: jax.Array, shifts: jax.Array, max_shift: int | None = None) -> jax.Array:
     """Shift each image by whole pixels, filling the uncovered border with zeros.
 
-    images: (N, H, W, C); shifts: (N, 2) ints (dy, dx): pixel (i, j) moves to
-    (i + dy, j + dx). Equivalent to zero-padding and cropping a window.
+    images: (N, H, W, C); shifts: (N, 2) ints (dy, dx) in [-max_shift,
+    max_shift] (default bound: the image size): pixel (i, j) moves to (i + dy,
+    j + dx). Equivalent to zero-padding by max_shift and cropping a window.
     """
     N, H, W, _ = images.shape
-    pad = H  # more than any shift, so the crop always lands in the padded image
+    pad = max(H, W) if max_shift is None else max_shift
     padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
 
     def crop(image, shift):
@@ -47,5 +48,5 @@ def augment_rows(key: jax.Array, X: jax.Array, flip: bool, max_shift: int) -> ja
         images = jnp.where(do_flip[:, None, None, None], flip_horizontal(images), images)
     if max_shift:
         shifts = jax.random.randint(shift_key, (X.shape[0], 2), -max_shift, max_shift + 1)
-        images = translate(images, shifts)
+        images = translate(images, shifts, max_shift)
     return images.reshape(X.shape)

@@ -207,23 +207,34 @@ def iterations(epochs: float, num_train: int, batch_size: int) -> int:
     return int(epochs * num_train / batch_size) + 1
 
 
-def narrow_ranges(rows: list[dict], top: int) -> dict:
+def narrow_ranges(rows: list[dict], top: int, coarse: dict | None = None) -> dict:
     """The narrow stage's ranges around the ``top`` best rows that trained ("ok").
 
     rows: a results table with a ``preprocess`` column, best first
-    (``sweep.results_table``). Learning rate: log-uniform over [min / 2, max * 2]
-    of the top rows; dropout: uniform over [min - 0.1, max + 0.1] clipped to
-    [0, MAX_DROPOUT]; translate and preprocess: a choice of the values seen.
+    (``sweep.results_table``); ``coarse``: the coarse stage's ranges (default
+    ``COARSE_RANGES``), the fields to narrow. Log ranges (learning rate):
+    log-uniform over [min / 2, max * 2] of the top rows; uniform ranges: [min -
+    margin, max + margin], margin 0.1 for dropout (clipped to [0, MAX_DROPOUT])
+    and a quarter of the coarse width for the others (clipped to the coarse
+    range); integer ranges (translate) and preprocess: a choice of the values seen.
     """
     best = [row for row in rows if row["status"] == "ok"][:top]
     if not best:
         raise ValueError("every config diverged; there is nothing to narrow the search around")
-    rates, dropouts = ([row[name] for row in best] for name in ("learning_rate", "dropout"))
-    return {"learning_rate": ("log", min(rates) / 2, max(rates) * 2),
-            "dropout": ("uniform", max(min(dropouts) - 0.1, 0.0),
-                        min(max(dropouts) + 0.1, MAX_DROPOUT)),
-            "translate": sorted({row["translate"] for row in best}),
-            "preprocess": sorted({row["preprocess"] for row in best})}
+    ranges = {}
+    for name, (kind, low, high) in (COARSE_RANGES if coarse is None else coarse).items():
+        seen = [row[name] for row in best]
+        if kind == "log":
+            ranges[name] = ("log", min(seen) / 2, max(seen) * 2)
+        elif kind == "uniform":
+            margin, low, high = ((0.1, 0.0, MAX_DROPOUT) if name == "dropout"
+                                 else ((high - low) / 4, low, high))
+            ranges[name] = ("uniform", max(min(seen) - margin, low),
+                            min(max(seen) + margin, high))
+        else:
+            ranges[name] = sorted(set(seen))
+    ranges["preprocess"] = sorted({row["preprocess"] for row in best})
+    return ranges
 
 
 def describe_ranges(ranges: dict) -> dict:
@@ -364,8 +375,8 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
 
     coarse = random_stage("coarse", plan.coarse, {**plan.ranges, "preprocess": list(plan.kinds)},
                           plan.seed)
-    narrow = random_stage("narrow", plan.narrow, narrow_ranges(coarse.rows, plan.top),
-                          plan.seed + 1)
+    narrow = random_stage("narrow", plan.narrow,
+                          narrow_ranges(coarse.rows, plan.top, plan.ranges), plan.seed + 1)
 
     winner = narrow.result.results[narrow.result.best_index].config
     kind = narrow.kinds[narrow.result.best_index]
