@@ -43,6 +43,9 @@ CHOICES = ("none",) + preprocess.KINDS
 BASE = TrainConfig(batch_size=200, reg=0.0, optimizer="adam", schedule="cosine", flip=True)
 COARSE_RANGES = {"learning_rate": ("log", 5e-5, 3e-3), "dropout": ("uniform", 0.0, 0.6),
                  "translate": ("int", 0, 2)}
+# Ranges a plan may add (scripts/search.py --mixup-range ...); without them those
+# fields keep the base config's value.
+EXTRA_RANGE_FIELDS = ("mixup", "label_smoothing", "ema")
 # Dropout above this leaves too few units of a narrow net; TrainConfig needs < 1.
 MAX_DROPOUT = 0.9
 
@@ -237,6 +240,15 @@ def narrow_ranges(rows: list[dict], top: int, coarse: dict | None = None) -> dic
     return ranges
 
 
+def coarse_stage_ranges(plan: SearchPlan) -> dict:
+    """What the coarse stage draws: ``plan.ranges``' COARSE_RANGES fields, the
+    preprocessing kind, then any other ranges. Drawn in this order (``random_draws``), a
+    plan without extra ranges draws what the search drew before they existed."""
+    return {**{k: v for k, v in plan.ranges.items() if k in COARSE_RANGES},
+            "preprocess": list(plan.kinds),
+            **{k: v for k, v in plan.ranges.items() if k not in COARSE_RANGES}}
+
+
 def describe_ranges(ranges: dict) -> dict:
     """Ranges as JSON: ``{"dropout": {"uniform": [0, 0.6]}, "translate": {"choice": [0, 1]}}``."""
     return {name: {spec[0]: list(spec[1:])} if isinstance(spec, tuple) else {"choice": spec}
@@ -373,8 +385,7 @@ def run_search(plan: SearchPlan, dataset: dict, out: Path, progress: Callable | 
     def random_stage(name, n, ranges, seed):
         return stage(name, ranges, *random_preprocessed(n, ranges, stage_bases[name], seed))
 
-    coarse = random_stage("coarse", plan.coarse, {**plan.ranges, "preprocess": list(plan.kinds)},
-                          plan.seed)
+    coarse = random_stage("coarse", plan.coarse, coarse_stage_ranges(plan), plan.seed)
     narrow = random_stage("narrow", plan.narrow,
                           narrow_ranges(coarse.rows, plan.top, plan.ranges), plan.seed + 1)
 

@@ -16,7 +16,12 @@
    split (test_acc on the first --num-test images, test_acc_full on all).
 
 Every config uses Adam, a cosine decay to 0, batch 200, reg 0 and random
-flips (the base-config flags change them). E epochs are
+flips (the base-config flags change them). --mixup-range,
+--label-smoothing-range and --ema-range add those fields to the coarse draws
+(after the preprocessing kind, so the other draws stay as without them) and
+to the narrow ranges (the top configs' span, widened by a quarter of the
+coarse range); without them every config takes --mixup, --label-smoothing
+and --ema (default 0: off). E epochs are
 int(E * N / batch_size) + 1 iterations (50 epochs of 49,000 images: 12251).
 Draws come from --seed and training is deterministic, so one command repeats
 a search exactly. On CIFAR-10 with a 2-core CPU the three stages took 8 + 14 +
@@ -55,7 +60,7 @@ import jax  # noqa: E402
 
 from jaxnet import cli, distributed, runs, search  # noqa: E402
 from jaxnet.data import DownloadError  # noqa: E402
-from jaxnet.search import BASE, COARSE_RANGES, SearchPlan  # noqa: E402
+from jaxnet.search import BASE, COARSE_RANGES, EXTRA_RANGE_FIELDS, SearchPlan  # noqa: E402
 from jaxnet.solver import TrainConfig  # noqa: E402
 
 # Fields the stages set; the other TrainConfig fields form the base config.
@@ -97,6 +102,11 @@ def build_parser() -> cli.Parser:
                             *(["--lr-range"] if name == "learning_rate" else []),
                             dest=name + "_range", default=f"{spec[1]:g}:{spec[2]:g}:{spec[0]}",
                             help=f"range of {name}")
+    for name in EXTRA_RANGE_FIELDS:
+        ranges.add_argument(cli.flag(name) + "-range", dest=name + "_range",
+                            metavar="LOW:HIGH[:KIND]",
+                            help=f"range of {name} (KIND uniform by default), narrowed like "
+                                 f"dropout's; without it every config takes --{name.replace('_', '-')}")
     search.add_preprocess_arguments(parser, "comma-separated kinds the coarse stage draws from",
                                     default=",".join(plan.kinds))
     base = parser.add_argument_group("base config of every stage")
@@ -122,10 +132,21 @@ def make_plan(args) -> SearchPlan:
         if f.name not in STAGED})
     ranges = {name: search.parse_range(name, getattr(args, name + "_range"), spec[0])
               for name, spec in COARSE_RANGES.items()}
+    ranges.update({name: search.parse_range(name, getattr(args, name + "_range"), "uniform")
+                   for name in EXTRA_RANGE_FIELDS if getattr(args, name + "_range") is not None})
     if ranges["translate"][0] != "int":
         raise ValueError("--translate-range: translate must be an integer (KIND int)")
     if ranges["dropout"][1] < 0 or ranges["dropout"][2] >= 1:
         raise ValueError("--dropout-range must lie in [0, 1)")
+    for name, (kind, low, high) in ranges.items():
+        if kind == "int" and name != "translate":
+            raise ValueError(f"{cli.flag(name)}-range: {name} takes KIND uniform or log")
+        for bound in (low, high):  # the config's own check, e.g. "ema must be in [0, 1)"
+            try:
+                dataclasses.replace(base, num_iters=base.warmup_iters + 1,
+                                    **{name: bound}).validate()
+            except ValueError as exc:
+                raise ValueError(f"{cli.flag(name)}-range: {exc}") from None
     if not args.final_lr_scales:
         raise ValueError("--final-lr-scales needs at least one scale")
     stage_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchPlan)
@@ -176,9 +197,11 @@ def main():
     checkpoint.remove()
     for stage in summary["stages"]:
         top = stage["top"][0]
+        extras = "".join(f", {name} {top[name]:.3g}" for name in plan.ranges
+                         if name in EXTRA_RANGE_FIELDS)
         print(f"{stage['name']:>6}: {stage['configs']} configs in {stage['wall_s']:.0f} s; best "
               f"val_acc {top['val_acc']:.4f} (learning_rate {top['learning_rate']:.3g}, "
-              f"dropout {top['dropout']:.2f}, translate {top['translate']}, "
+              f"dropout {top['dropout']:.2f}, translate {top['translate']}{extras}, "
               f"{top['preprocess']})")
     metrics = summary["best"]["metrics"]
     print("answer: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_acc" in k)

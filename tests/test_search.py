@@ -246,3 +246,52 @@ def test_search_script_needs_a_test_split(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: the search evaluates its answer on a test split; the dataset has no X_test"]
+
+
+def test_extra_ranges_are_drawn_after_the_kinds_and_narrowed_within_their_range():
+    """A plan with mixup and label-smoothing ranges draws the same learning rates, dropouts,
+    shifts and kinds as one without, and narrows the new fields like dropout."""
+    plain = search.SearchPlan()
+    extra = search.SearchPlan(ranges={**search.COARSE_RANGES,
+                                      "mixup": ("uniform", 0.0, 0.4),
+                                      "label_smoothing": ("uniform", 0.0, 0.2)})
+    configs, kinds = search.random_preprocessed(12, search.coarse_stage_ranges(plain), SMALL)
+    extra_configs, extra_kinds = search.random_preprocessed(
+        12, search.coarse_stage_ranges(extra), SMALL)
+    assert extra_kinds == kinds
+    assert [dataclasses.replace(c, mixup=0.0, label_smoothing=0.0) for c in extra_configs] \
+        == configs
+    assert len({c.mixup for c in extra_configs}) == 12
+    assert all(0 <= c.mixup <= 0.4 and 0 <= c.label_smoothing <= 0.2 for c in extra_configs)
+    rows = [{**r, "mixup": m, "label_smoothing": s}
+            for r, m, s in zip(ROWS, (0.05, 0.3, 0.15, 0.4, 0.2), (0.19, 0.1, 0.0, 0.2, 0.1))]
+    ranges = search.narrow_ranges(rows, 3, extra.ranges)
+    assert ranges["mixup"] == ("uniform", 0.0, pytest.approx(0.4))       # 0.05-0.1, 0.3+0.1
+    assert ranges["label_smoothing"] == ("uniform", 0.0, pytest.approx(0.2))  # 0.19+0.05 -> 0.2
+    assert list(ranges)[-1] == "preprocess"
+
+
+def test_search_script_draws_the_extra_ranges(cifar_fixture, tmp_path):
+    out = tmp_path / "levers"
+    proc = run_search_script("--data-dir", cifar_fixture, *SPLITS, *TINY_STAGES,
+                             "--preprocess", "none", "--mixup-range", "0.1:0.5",
+                             "--label-smoothing-range", "0.05:0.2", "--ema", "0.9",
+                             "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    coarse = read_rows(out / "coarse" / "results.csv")
+    assert all(0.1 <= float(r["mixup"]) <= 0.5 and 0.05 <= float(r["label_smoothing"]) <= 0.2
+               and float(r["ema"]) == 0.9 for r in coarse)
+    assert len({r["mixup"] for r in coarse}) == 3
+    summary = json.load(open(out / "summary.json"))
+    assert summary["stages"][1]["ranges"]["mixup"]["uniform"][0] >= 0.1
+    best = summary["best"]["config"]
+    assert f"--mixup {best['mixup']}" in summary["best"]["command"]
+    assert "--ema 0.9" in summary["best"]["command"]
+    final_top = summary["stages"][2]["top"][0]
+    assert (f", mixup {final_top['mixup']:.3g}, label_smoothing "
+            f"{final_top['label_smoothing']:.3g}, none)") in proc.stdout
+    refused = run_search_script("--data-dir", cifar_fixture, "--label-smoothing-range", "0:1",
+                                "--out", tmp_path / "refused")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: --label-smoothing-range: label_smoothing must be in [0, 1); got 1.0")
