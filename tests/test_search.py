@@ -295,3 +295,24 @@ def test_search_script_draws_the_extra_ranges(cifar_fixture, tmp_path):
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == (
         "error: --label-smoothing-range: label_smoothing must be in [0, 1); got 1.0")
+
+
+def test_ablation_script_trains_each_row_once_and_prints_the_table(cifar_fixture, tmp_path):
+    quick = ["--", "--num-iters", "3", "--hidden-size", "8", "--data-dir", str(cifar_fixture),
+             *SPLITS]
+    command = [sys.executable, "scripts/ablation.py", "--out", str(tmp_path), "--only",
+               "bf16,mixup", *quick]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    rows = [line.split(" | ") for line in first.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["| bf16", "| mixup"]
+    for row, name in zip(rows, ("bf16", "mixup")):
+        metrics = json.load(open(tmp_path / name / "metrics.json"))
+        assert row[3] == f"{metrics['test_acc_full']:.4f}"
+        assert json.load(open(tmp_path / name / "config.json"))["hidden_size"] == 8
+    assert json.load(open(tmp_path / "mixup" / "config.json"))["mixup"] == 0.2
+    # Complete rows are read back, not trained again.
+    stamp = (tmp_path / "bf16" / "metrics.json").stat().st_mtime_ns
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.stdout == first.stdout
+    assert (tmp_path / "bf16" / "metrics.json").stat().st_mtime_ns == stamp
