@@ -88,8 +88,8 @@ def group_configs(configs: Sequence[TrainConfig]) -> list[list[int]]:
 def estimate_memory(config: TrainConfig, num_configs: int, num_features: int,
                     num_classes: int, data_bytes: int, input_size: int | None = None) -> int:
     """Bytes a group of ``num_configs`` needs: the data plus, per config, params,
-    best params, gradients and optimizer state, the per-step activations and the
-    learning-rate schedule.
+    best params, gradients, optimizer state and the weights' moving average, the
+    per-step activations and the learning-rate schedule.
 
     ``input_size``: the network's inputs per row, k, when an input transform maps
     the ``num_features`` of a row to k (W1 is (k, H)); default ``num_features``.
@@ -100,7 +100,8 @@ def estimate_memory(config: TrainConfig, num_configs: int, num_features: int,
     H, B = config.hidden_size, config.batch_size
     k = num_features if input_size is None else input_size
     param_count = k * H + H + H * num_classes + num_classes
-    copies = 3 + OPTIMIZER_SLOTS[config.optimizer]  # params, best, grads, optimizer slots
+    # params, best, grads, optimizer slots and, with ema, the moving average
+    copies = 3 + OPTIMIZER_SLOTS[config.optimizer] + (config.ema > 0)
     activations = 4 * B * (H + num_classes)          # forward and backward, with margin
     per_config = itemsize * (copies * param_count + activations + config.num_iters)
     rows_itemsize = itemsize

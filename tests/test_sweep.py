@@ -88,6 +88,10 @@ def test_memory_estimate_counts_the_transformed_input_size():
     reduced = sweep.estimate_memory(BASE, 1, 3072, 10, 0, input_size=20)
     # params, best params and gradients (SGD keeps no slots) of W1, float32
     assert full - reduced == 4 * 3 * (3072 - 20) * BASE.hidden_size
+    # the moving average of the weights is one more copy of the params
+    averaged = sweep.estimate_memory(dataclasses.replace(BASE, ema=0.99), 1, 3072, 10, 0)
+    H = BASE.hidden_size
+    assert averaged - full == 4 * (3072 * H + H + H * 10 + 10)
 
 
 def test_diverging_config_is_marked_and_others_unaffected(fixture_data):
