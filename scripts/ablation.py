@@ -51,6 +51,11 @@ ROWS = [
     ("epochs-150", "150 epochs", BF16 + EPOCHS_150),
     ("epochs-150-shift-2", "150 epochs, shifts of up to 2 pixels",
      BF16 + EPOCHS_150 + ["--translate", "2"]),
+    ("epochs-150-ls-mixup", "150 epochs, label smoothing 0.1, mixup 0.2",
+     BF16 + EPOCHS_150 + ["--label-smoothing", "0.1", "--mixup", "0.2"]),
+    ("epochs-150-shift-2-ls-mixup", "150 epochs, shifts of up to 2 pixels, label smoothing "
+     "0.1, mixup 0.2", BF16 + EPOCHS_150 + ["--translate", "2", "--label-smoothing", "0.1",
+                                            "--mixup", "0.2"]),
     ("best", "--preset best", []),
 ]
 

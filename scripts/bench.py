@@ -24,7 +24,7 @@ number is the median of several repeats):
   accuracy  (needs --data-dir) what mixed precision costs: the notebook's grid in
           float32 and in mixed precision on CIFAR-10, the best validation
           accuracy of each and its params' accuracy on the 10,000 test images
-  preset  (needs --data-dir; about 2 x 8 minutes on 2 cores) the same for the
+  preset  (needs --data-dir; about 13 + 17 minutes on 2 cores) the same for the
           best preset (standardized inputs), trained once in each precision
 
 Achieved GFLOP/s count the matrix products analytically (see "flop_model" in
@@ -513,7 +513,8 @@ def bench_preset(sizes: Sizes, dataset: dict, device, quick: bool, say) -> dict:
     transform = preprocess.fit(solver.PRESET_PREPROCESS["best"], dataset["X_train"])
     preprocessed = preprocess.apply_to_splits(dataset, transform)
     out = {}
-    for name, run_config in (("f32", config), ("bf16", mixed(config))):
+    float32 = dataclasses.replace(config, compute_dtype="float32")
+    for name, run_config in (("f32", float32), ("bf16", mixed(float32))):
         with jax.default_device(device):
             result = solver.train(dataset["X_train"], dataset["y_train"], dataset["X_val"],
                                   dataset["y_val"], run_config,

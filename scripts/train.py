@@ -16,10 +16,11 @@ infinite is saved (null in the JSON files) and ends with an error. The
 reported params are those with the best validation accuracy, checked at every
 epoch end and after the last step.
 
---preset best is the strongest configuration found, the answer of
-scripts/search.py (hidden 2000, Adam with cosine decay, dropout, flips and
-1-pixel shifts, 50 epochs, standardized inputs; its accuracy and time are in
-the README's results table). Flags given with a preset override its values.
+--preset best is the strongest configuration found: the answer of
+scripts/search.py (hidden 2000, Adam with cosine decay, dropout, flips,
+standardized inputs) trained for 150 epochs with bfloat16 products,
+shifts of up to 2 pixels (scripts/ablation.py; its accuracy and
+time are in the README's results table, within 15 minutes on 2 CPU cores). Flags given with a preset override its values.
 --preprocess fits per-channel standardization, PCA or ZCA on the training
 split (default: the preset's); the transform is applied to every minibatch
 after augmentation and saved in params.npz with the mean image, so

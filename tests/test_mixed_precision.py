@@ -205,9 +205,11 @@ def test_mixed_train_script_saves_float32_params(cifar_fixture, tmp_path):
 
 
 def test_search_command_repeats_the_precision():
-    config = dataclasses.replace(solver.PRESETS["best"], compute_dtype="bfloat16")
-    command = search.train_command(config, "standardize", search.SearchPlan())
-    assert "--compute-dtype bfloat16" in command
+    for dtype in solver.COMPUTE_DTYPES:
+        config = dataclasses.replace(solver.PRESETS["best"], compute_dtype=dtype)
+        command = search.train_command(config, "standardize", search.SearchPlan())
+        assert (f"--compute-dtype {dtype}" in command) == (
+            dtype != solver.PRESETS["best"].compute_dtype)
 
 
 # ----------------------------------------------------------------------------- refused

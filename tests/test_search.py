@@ -81,7 +81,8 @@ def test_narrow_ranges_clip_dropout_and_skip_diverged_rows():
 def test_iterations_per_epoch_budget():
     assert search.iterations(5, 49000, 200) == 1226
     assert search.iterations(10, 49000, 200) == 2451
-    assert search.iterations(50, 49000, 200) == PRESETS["best"].num_iters == 12251
+    assert search.iterations(50, 49000, 200) == 12251
+    assert search.iterations(150, 49000, 200) == PRESETS["best"].num_iters == 36751
     assert search.iterations(1, 150, 25) == 7
 
 
@@ -91,10 +92,10 @@ def test_train_command_lists_what_differs_from_the_best_preset():
         "python scripts/train.py --preset best --eval-test"
     assert search.train_command(PRESETS["best"], "none", plan) == \
         "python scripts/train.py --preset best --preprocess none --eval-test"
-    config = dataclasses.replace(PRESETS["best"], learning_rate=3.3e-05, translate=2, flip=False)
+    config = dataclasses.replace(PRESETS["best"], learning_rate=3.3e-05, translate=3, flip=False)
     command = search.train_command(config, "zca", plan, ["--data-dir", "my data"])
     assert command == ("python scripts/train.py --preset best --learning-rate 3.3e-05 "
-                       "--flip 0 --translate 2 --preprocess zca --whiten-eps 0.1 --eval-test "
+                       "--flip 0 --translate 3 --preprocess zca --whiten-eps 0.1 --eval-test "
                        "--data-dir 'my data'")
     assert "--pca-components 400" in search.train_command(config, "pca", plan)
 
