@@ -390,12 +390,13 @@ def training_loss(config: TrainConfig, hp: dict, params: dict, X: jax.Array, y: 
     logits = training_scores(config, hp, params, X, key, transform, w1_transposed, mix)
 
     def loss(labels):
+        cross_entropy = model.cross_entropy(logits, labels)
         if config.label_smoothing == 0:
-            return model.cross_entropy(logits, labels)
-        log_probs = jax.nn.log_softmax(logits, axis=1)
-        nll = -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+            return cross_entropy
+        # Against the uniform target, the cross-entropy is the mean of -log_softmax.
         smoothing = hp["label_smoothing"]
-        return jnp.mean((1 - smoothing) * nll - smoothing * jnp.mean(log_probs, axis=1))
+        return ((1 - smoothing) * cross_entropy
+                - smoothing * jnp.mean(jax.nn.log_softmax(logits, axis=1)))
     if mix is None:
         return loss(y)
     lam, partners = mix
