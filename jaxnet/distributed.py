@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import inspect
 import os
+import platform
 import shutil
 import socket
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -123,6 +127,8 @@ def join(args: argparse.Namespace) -> bool:
                             (coordinator, process_id, args.join_timeout))
     timer.daemon = True
     timer.start()
+    if coordinator is not None and process_id != 0:
+        _wait_for_coordinator(coordinator, time.monotonic() + args.join_timeout)
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=int(args.join_timeout) + 60,
                                heartbeat_timeout_seconds=args.heartbeat_timeout)
@@ -135,11 +141,68 @@ def join(args: argparse.Namespace) -> bool:
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 1)
-        agree(False, None)
+        signatures = _allgather(np.frombuffer(cpu_signature(), np.uint8))
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+    if jax.devices()[0].platform == "cpu" and (signatures == signatures[0]).all():
+        share_compiled_programs(signatures[0].tobytes())
     return True
+
+
+def cpu_signature() -> bytes:
+    """SHA-256 of what XLA compiles CPU code for: the machine's architecture and its
+    instruction-set flags (``/proc/cpuinfo`` on Linux; the processor's name elsewhere)."""
+    text = f"{platform.machine()} {platform.processor()}"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        text += next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    return hashlib.sha256(text.encode()).digest()
+
+
+def share_compiled_programs(cpu: bytes) -> None:
+    """Process 0 compiles each program that spans the job's processes and the others
+    load its binary (JAX's ``jax_share_binary_between_hosts``), instead of every
+    process compiling the same program. Processes on one host would otherwise compete
+    for its cores: 2 processes on 2 cores spent about 2 s more per sweep compiling
+    than 1 process with 2 devices. ``join`` calls this when every process runs on CPUs
+    of the same ``cpu_signature``, since a binary is compiled for its host's CPU.
+
+    JAX finds a shared binary under a key that hashes the program's devices, and on
+    the CPU (jaxlib 0.10) that hash covers only the process's own devices: no two
+    processes would agree, and the others would wait for a binary that never comes.
+    For programs that span processes, the devices' part of the key is therefore made
+    of every device of the program and the CPU signature; other programs keep JAX's.
+    """
+    from jax._src import cache_key  # JAX's keys of compiled programs
+    jax_hash = getattr(cache_key, "_hash_accelerator_config", None)
+    if jax_hash is None or list(inspect.signature(jax_hash).parameters) != [
+            "hash_obj", "accelerators"]:
+        return  # a JAX whose keys are made otherwise: every process compiles its own
+    jax_hash = getattr(jax_hash, "jax_hash", jax_hash)
+
+    def hash_devices(hash_obj, accelerators: np.ndarray) -> None:
+        if len({d.process_index for d in accelerators.flat}) < 2:
+            return jax_hash(hash_obj, accelerators)
+        hash_obj.update(cpu)
+        for d in accelerators.flat:
+            hash_obj.update(f"{d.device_kind}:{d.id}:{d.process_index};".encode())
+
+    hash_devices.jax_hash = jax_hash
+    cache_key._hash_accelerator_config = hash_devices
+    jax.config.update("jax_share_binary_between_hosts", True)
+
+
+def _wait_for_coordinator(coordinator: str, deadline: float) -> None:
+    """Return once process 0's coordination service accepts connections, or at
+    ``deadline``. A process that connects before the service listens waits out gRPC's
+    reconnect backoff, about 1 s: most of the join of processes started together."""
+    address, _, port = coordinator.rpartition(":")
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((address.strip("[]"), int(port)), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.01)
 
 
 def _give_up_joining(coordinator: str | None, process_id: int | None, timeout: float) -> None:
@@ -177,10 +240,7 @@ def host(x) -> np.ndarray:
     when a process of the job is gone."""
     if not isinstance(x, jax.Array) or x.is_fully_addressable:
         return np.asarray(x)
-    try:
-        return multihost_utils.process_allgather(x, tiled=True)
-    except (RuntimeError, ValueError) as exc:
-        raise PeerLost(_lost(exc)) from None
+    return _allgather(x, tiled=True)
 
 
 def _lost(exc: Exception) -> str:
@@ -205,16 +265,21 @@ def put(a, sharding, place: Callable = jax.device_put) -> jax.Array:
         a.shape, sharding, [place(a[i], device) for device, i in index.items()])
 
 
+def _allgather(mine, tiled: bool = False) -> np.ndarray:
+    """Every process's ``mine`` (the same shape on each), stacked: (processes, ...);
+    with ``tiled``, a global array's shards joined into the whole array."""
+    try:
+        return multihost_utils.process_allgather(mine, tiled=tiled)
+    except (RuntimeError, ValueError) as exc:
+        raise PeerLost(_lost(exc)) from None
+
+
 def agree(flag: bool, signum: int | None) -> tuple[bool, int | None]:
     """Every process's ``flag`` or-ed, and the first signal any process received (None
     when none did): one decision the whole job takes together, e.g. to save now."""
     if not is_multiprocess():
         return flag, signum
-    mine = np.array([int(flag), signum or 0], np.int32)
-    try:
-        everyone = multihost_utils.process_allgather(mine)
-    except (RuntimeError, ValueError) as exc:
-        raise PeerLost(_lost(exc)) from None
+    everyone = _allgather(np.array([int(flag), signum or 0], np.int32))
     signals = [int(s) for s in everyone[:, 1] if s]
     return bool(everyone[:, 0].any()), signals[0] if signals else None
 
@@ -226,11 +291,7 @@ def check_same(**digests: str) -> None:
     if not is_multiprocess():
         return
     mine = np.frombuffer(b"".join(bytes.fromhex(d) for d in digests.values()), np.uint8)
-    try:
-        everyone = multihost_utils.process_allgather(mine).reshape(jax.process_count(),
-                                                                   len(digests), -1)
-    except (RuntimeError, ValueError) as exc:
-        raise PeerLost(_lost(exc)) from None
+    everyone = _allgather(mine).reshape(jax.process_count(), len(digests), -1)
     for k, name in enumerate(digests):
         differ = [p for p in range(len(everyone)) if not np.array_equal(everyone[p, k],
                                                                          everyone[0, k])]

@@ -189,6 +189,14 @@ MUTANTS = (
            "if value is None:", RESUME),
     Mutant("sweep_resume_retrains_finished_configs", "jaxnet/sweep.py",
            "if all(results[i] is not None for i in chunk):", "if False:", RESUME),
+    # Many processes.
+    Mutant("processes_share_no_programs", "jaxnet/distributed.py",
+           "        share_compiled_programs(signatures[0].tobytes())", "        pass",
+           ("tests/test_distributed.py::test_two_process_sweep_equals_one_process",)),
+    Mutant("programs_shared_between_other_cpus", "jaxnet/distributed.py",
+           " and (signatures == signatures[0]).all():", ":",
+           ("tests/test_distributed.py::"
+            "test_processes_on_other_cpus_each_compile_their_own_programs",)),
     # The command line.
     Mutant("train_script_saves_the_last_params", "scripts/train.py",
            "result.best_params,", "result.params,", ("tests/test_train_script.py",)),

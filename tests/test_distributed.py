@@ -57,17 +57,32 @@ def rows(tmp_path_factory) -> Path:
     return dataset(tmp_path_factory.mktemp("rows") / "rows.npz", 40)
 
 
-def start(script: str, args: list, num: int = 2, extra: dict | None = None) -> list:
+def start(script: str, args: list, num: int = 2, extra: dict | None = None,
+          dump: Path | None = None) -> list:
     """``num`` processes of ``scripts/<script>`` joined on a free port; ``extra[i]``
-    replaces arguments of process i."""
+    replaces arguments of process i; with ``dump``, process i's XLA writes the
+    programs it compiles or loads to ``dump/process<i>``."""
     port = free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
     return [subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / script), *(extra or {}).get(i, args),
          "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(num),
          "--process-id", str(i), "--heartbeat-timeout", "10", "--join-timeout", "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**env, "XLA_FLAGS": f"--xla_dump_to={dump / f'process{i}'}"} if dump else env)
         for i in range(num)]
+
+
+def compiled_over_both(dump: Path) -> list[str]:
+    """The programs over both processes' devices that a process compiled itself, in
+    order: XLA dumps a program it compiles as it was before optimisation too."""
+    return [p.name.split(".")[1] for p in sorted(dump.glob("*.before_optimizations.txt"))
+            if "num_partitions=2" in p.read_text()]
+
+
+def loaded(dump: Path) -> list[str]:
+    """The programs a process loaded, compiled by another process, in order."""
+    return [p.name.split(".")[1] for p in sorted(dump.glob("*.after_optimizations.txt"))]
 
 
 def finish(processes: list, timeout: float = 240) -> list:
@@ -116,10 +131,16 @@ def assert_same_sweep(out: Path, ref: sweep.SweepResult):
 
 
 def test_two_process_sweep_equals_one_process(rows, tmp_path):
-    out = tmp_path / "out"
+    out, dump = tmp_path / "out", tmp_path / "xla"
     ended = finish(start("sweep.py", GRID + ["--num-iters", "200", "--data", str(rows),
-                                             "--out", str(out)]))
+                                             "--out", str(out)], dump=dump))
     assert [status for status, _, _ in ended] == [0, 0], [e for _, _, e in ended]
+    # Process 0 compiles every program over both processes (each group's init and
+    # loop, the gathers); process 1 compiles only the join's handshake and loads the rest.
+    compiled = compiled_over_both(dump / "process0")
+    assert {"jit_init", "jit_chunk"} <= set(compiled)
+    assert compiled_over_both(dump / "process1") == ["jit__identity_fn"] == compiled[:1]
+    assert loaded(dump / "process1") == compiled[1:]
     # Every process prints the same table and best line; process 1 writes nothing.
     assert same_lines(ended[0][1], ended[1][1]) and "best: " in ended[0][1]
     assert "6 configs in 2 groups on 2 cpu device(s) of 2 processes" in ended[0][2]
@@ -156,6 +177,36 @@ def test_killed_process_stops_the_other_and_resume_finishes(rows, tmp_path):
     assert [status for status, _, _ in resumed] == [0, 0], [e for _, _, e in resumed]
     assert_same_sweep(out, reference_sweep(rows, 3000))
     assert not (out / "checkpoint").exists()
+
+
+JOB = """
+import argparse, sys
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxnet import distributed
+if sys.argv[2] == "1":
+    distributed.cpu_signature = lambda: bytes(32)  # as if its host had other CPUs
+distributed.join(argparse.Namespace(coordinator=sys.argv[1], num_processes=2,
+                                    process_id=int(sys.argv[2]), join_timeout=60,
+                                    heartbeat_timeout=10))
+sharding = NamedSharding(Mesh(np.array(jax.devices()), ("configs",)), PartitionSpec("configs"))
+print(distributed.host(jax.jit(lambda x: 2 * x)(distributed.put(np.arange(4.0), sharding))))
+"""
+
+
+def test_processes_on_other_cpus_each_compile_their_own_programs(tmp_path):
+    """A binary is compiled for its host's CPU: processes whose CPUs differ share none."""
+    coordinator = f"127.0.0.1:{free_port()}"
+    ended = finish([subprocess.Popen(
+        [sys.executable, "-c", JOB, coordinator, str(i)], cwd=REPO, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "JAX_PLATFORMS": "cpu",
+             "XLA_FLAGS": f"--xla_dump_to={tmp_path / f'process{i}'}"}) for i in range(2)])
+    assert [(status, stdout) for status, stdout, _ in ended] == [(0, "[0. 2. 4. 6.]\n")] * 2
+    for i in range(2):  # the handshake, the doubling and the gather of its result
+        assert compiled_over_both(tmp_path / f"process{i}") == [
+            "jit__identity_fn", "jit__lambda", "jit__identity_fn"]
+        assert loaded(tmp_path / f"process{i}") == []
 
 
 def test_processes_with_different_data_are_refused(rows, tmp_path):
