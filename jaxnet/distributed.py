@@ -11,7 +11,9 @@ A process joins when it is one of several: started by ``srun`` or ``mpirun``
 (JAX detects SLURM and Open MPI itself), or given ``--coordinator HOST:PORT
 --num-processes N --process-id I`` (or ``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). With none of these it stays a single
-process and nothing here changes what it does.
+process and nothing here changes what it does. In a CPU job whose hosts have
+alike CPUs, process 0 compiles each program over the job's devices and the others
+load its binary (``share_compiled_programs``).
 
 Failures are made short and bounded: joining gives up after ``--join-timeout``
 with one line (JAX itself would abort with a C++ trace), and a collective that
