@@ -11,9 +11,9 @@ A process joins when it is one of several: started by ``srun`` or ``mpirun``
 (JAX detects SLURM and Open MPI itself), or given ``--coordinator HOST:PORT
 --num-processes N --process-id I`` (or ``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). With none of these it stays a single
-process and nothing here changes what it does. In a CPU job whose hosts have
-alike CPUs, process 0 compiles each program over the job's devices and the others
-load its binary (``share_compiled_programs``).
+process and nothing here changes what it does. In a CPU job whose processes would
+compile alike (same CPUs, jaxlib, XLA flags), process 0 compiles each program over
+the job's devices and the others load its binary (``_share_compiled_programs``).
 
 Failures are made short and bounded: joining gives up after ``--join-timeout``
 with one line (JAX itself would abort with a C++ trace), and a collective that
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib.util
 import inspect
 import os
 import platform
@@ -129,27 +130,32 @@ def join(args: argparse.Namespace) -> bool:
                             (coordinator, process_id, args.join_timeout))
     timer.daemon = True
     timer.start()
-    if coordinator is not None and process_id != 0:
+    if coordinator is not None and process_id not in (None, 0):
         _wait_for_coordinator(coordinator, time.monotonic() + args.join_timeout)
     jax.distributed.initialize(coordinator, num_processes, process_id,
                                initialization_timeout=int(args.join_timeout) + 60,
                                heartbeat_timeout_seconds=args.heartbeat_timeout)
     timer.cancel()
+    keys = _job_wide_keys(cpu_signature())
     # A first collective connects the processes now: a process that stops later
     # closes a live connection, and its peers' next collective fails at once. Gloo
     # announces the connection on stdout, where the results go: it is kept out.
+    # Compiling this collective also computes this process's key of a program over
+    # the job's devices, which the processes then compare.
     sys.stdout.flush()
     saved = os.dup(1)
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 1)
-        signatures = _allgather(np.frombuffer(cpu_signature(), np.uint8))
+        _allgather(np.zeros(VOTE_BYTES, np.uint8))
     finally:
         os.dup2(saved, 1)
         os.close(saved)
-    if jax.devices()[0].platform == "cpu" and (signatures == signatures[0]).all():
-        share_compiled_programs(signatures[0].tobytes())
+    _share_compiled_programs(keys)
     return True
+
+
+VOTE_BYTES = 33  # whether a process may share compiled programs, and its key's digest
 
 
 def cpu_signature() -> bytes:
@@ -161,26 +167,25 @@ def cpu_signature() -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-def share_compiled_programs(cpu: bytes) -> None:
-    """Process 0 compiles each program that spans the job's processes and the others
-    load its binary (JAX's ``jax_share_binary_between_hosts``), instead of every
-    process compiling the same program. Processes on one host would otherwise compete
-    for its cores: 2 processes on 2 cores spent about 2 s more per sweep compiling
-    than 1 process with 2 devices. ``join`` calls this when every process runs on CPUs
-    of the same ``cpu_signature``, since a binary is compiled for its host's CPU.
+def _job_wide_keys(cpu: bytes) -> list | None:
+    """Make the keys under which JAX finds compiled programs agree between processes
+    for programs over the devices of several processes. Returns a list that will hold
+    this process's key of the first such program it compiles (less the key's last,
+    constant parts), or None, changing nothing, on a JAX whose keys are made otherwise.
 
-    JAX finds a shared binary under a key that hashes the program's devices, and on
-    the CPU (jaxlib 0.10) that hash covers only the process's own devices: no two
-    processes would agree, and the others would wait for a binary that never comes.
-    For programs that span processes, the devices' part of the key is therefore made
-    of every device of the program and the CPU signature; other programs keep JAX's.
+    JAX's key hashes the program, jaxlib, the XLA flags, the compile options and the
+    program's devices; on the CPU (jaxlib 0.10) the devices' part covers only the
+    process's own devices, so no two processes agree. For programs over several
+    processes it is made here of every device of the program and ``cpu``, the CPU
+    signature, since a binary is compiled for its host's CPU.
     """
     from jax._src import cache_key  # JAX's keys of compiled programs
     jax_hash = getattr(cache_key, "_hash_accelerator_config", None)
     if jax_hash is None or list(inspect.signature(jax_hash).parameters) != [
             "hash_obj", "accelerators"]:
-        return  # a JAX whose keys are made otherwise: every process compiles its own
+        return None
     jax_hash = getattr(jax_hash, "jax_hash", jax_hash)
+    recorded = []
 
     def hash_devices(hash_obj, accelerators: np.ndarray) -> None:
         if len({d.process_index for d in accelerators.flat}) < 2:
@@ -188,10 +193,38 @@ def share_compiled_programs(cpu: bytes) -> None:
         hash_obj.update(cpu)
         for d in accelerators.flat:
             hash_obj.update(f"{d.device_kind}:{d.id}:{d.process_index};".encode())
+        if not recorded:
+            recorded.append(hash_obj.copy().digest())
 
     hash_devices.jax_hash = jax_hash
     cache_key._hash_accelerator_config = hash_devices
-    jax.config.update("jax_share_binary_between_hosts", True)
+    return recorded
+
+
+def _share_compiled_programs(keys: list | None) -> None:
+    """Let process 0 compile each program over the job's devices and the others load
+    its binary (JAX's ``jax_share_binary_between_hosts``) instead of compiling the
+    same program: processes on one host would compete for its cores (2 processes on
+    2 cores spent 2-4 s more per sweep compiling than 1 process with 2 devices).
+
+    ``keys`` (from ``_job_wide_keys``) holds this process's key of the join's
+    handshake. A process waits for a binary under its own key, so the job shares only
+    when every process computed the same key (same CPUs, jaxlib, XLA flags, compile
+    options, compression), on CPUs, and without a persistent compilation cache (a
+    process that finds a program there publishes nothing). Otherwise JAX's keys are
+    put back and every process compiles its own programs. All processes decide
+    together: a collective.
+    """
+    from jax._src import cache_key
+    willing = bool(keys) and jax.devices()[0].platform == "cpu" and (
+        not jax.config.jax_compilation_cache_dir)
+    digest = hashlib.sha256((keys or [b""])[-1] + str(
+        importlib.util.find_spec("zstandard") is not None).encode()).digest()
+    everyone = _allgather(np.frombuffer(bytes([willing]) + digest, np.uint8))
+    if everyone[:, 0].all() and (everyone == everyone[0]).all():
+        jax.config.update("jax_share_binary_between_hosts", True)
+    elif keys is not None:
+        cache_key._hash_accelerator_config = cache_key._hash_accelerator_config.jax_hash
 
 
 def _wait_for_coordinator(coordinator: str, deadline: float) -> None:

@@ -191,12 +191,14 @@ MUTANTS = (
            "if all(results[i] is not None for i in chunk):", "if False:", RESUME),
     # Many processes.
     Mutant("processes_share_no_programs", "jaxnet/distributed.py",
-           "        share_compiled_programs(signatures[0].tobytes())", "        pass",
+           'jax.config.update("jax_share_binary_between_hosts", True)', "pass",
            ("tests/test_distributed.py::test_two_process_sweep_equals_one_process",)),
     Mutant("programs_shared_between_other_cpus", "jaxnet/distributed.py",
-           " and (signatures == signatures[0]).all():", ":",
-           ("tests/test_distributed.py::"
-            "test_processes_on_other_cpus_each_compile_their_own_programs",)),
+           "hash_obj.update(cpu)", "pass",
+           ("tests/test_distributed.py::test_processes_share_programs_only_with_the_same_keys",)),
+    Mutant("rank_0_waits_for_itself_under_mpirun", "jaxnet/distributed.py",
+           "process_id not in (None, 0)", "process_id != 0",
+           ("tests/test_distributed.py::test_processes_share_programs_only_with_the_same_keys",)),
     # The command line.
     Mutant("train_script_saves_the_last_params", "scripts/train.py",
            "result.best_params,", "result.params,", ("tests/test_train_script.py",)),

@@ -63,7 +63,7 @@ def start(script: str, args: list, num: int = 2, extra: dict | None = None,
     replaces arguments of process i; with ``dump``, process i's XLA writes the
     programs it compiles or loads to ``dump/process<i>``."""
     port = free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    env = {**clean_environ(), "PYTHONUNBUFFERED": "1"}
     return [subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / script), *(extra or {}).get(i, args),
          "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(num),
@@ -71,6 +71,13 @@ def start(script: str, args: list, num: int = 2, extra: dict | None = None,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**env, "XLA_FLAGS": f"--xla_dump_to={dump / f'process{i}'}"} if dump else env)
         for i in range(num)]
+
+
+def clean_environ() -> dict:
+    """This environment on the CPU, without a persistent compilation cache (with one,
+    processes compile nothing that the cache holds, and share nothing)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    return {**env, "JAX_PLATFORMS": "cpu"}
 
 
 def compiled_over_both(dump: Path) -> list[str]:
@@ -184,29 +191,46 @@ import argparse, sys
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxnet import distributed
-if sys.argv[2] == "1":
+coordinator, process_id, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if case == "other cpu" and process_id == 1:
     distributed.cpu_signature = lambda: bytes(32)  # as if its host had other CPUs
-distributed.join(argparse.Namespace(coordinator=sys.argv[1], num_processes=2,
-                                    process_id=int(sys.argv[2]), join_timeout=60,
-                                    heartbeat_timeout=10))
+told = None if case == "mpirun" else process_id  # mpirun tells the count and the rank
+distributed.join(argparse.Namespace(
+    coordinator=coordinator, num_processes=None if told is None else 2, process_id=told,
+    join_timeout=20, heartbeat_timeout=10))
 sharding = NamedSharding(Mesh(np.array(jax.devices()), ("configs",)), PartitionSpec("configs"))
-print(distributed.host(jax.jit(lambda x: 2 * x)(distributed.put(np.arange(4.0), sharding))))
+x = distributed.put(np.arange(4.0), sharding)
+print(jax.process_index(), distributed.host(jax.jit(lambda x: 2 * x)(x)))
 """
+MPIRUN = {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://127.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "2"}
 
 
-def test_processes_on_other_cpus_each_compile_their_own_programs(tmp_path):
-    """A binary is compiled for its host's CPU: processes whose CPUs differ share none."""
-    coordinator = f"127.0.0.1:{free_port()}"
-    ended = finish([subprocess.Popen(
-        [sys.executable, "-c", JOB, coordinator, str(i)], cwd=REPO, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, "JAX_PLATFORMS": "cpu",
-             "XLA_FLAGS": f"--xla_dump_to={tmp_path / f'process{i}'}"}) for i in range(2)])
-    assert [(status, stdout) for status, stdout, _ in ended] == [(0, "[0. 2. 4. 6.]\n")] * 2
-    for i in range(2):  # the handshake, the doubling and the gather of its result
-        assert compiled_over_both(tmp_path / f"process{i}") == [
-            "jit__identity_fn", "jit__lambda", "jit__identity_fn"]
-        assert loaded(tmp_path / f"process{i}") == []
+@pytest.mark.parametrize("case, shared", [
+    ("mpirun", True), ("other cpu", False), ("other XLA flags", False),
+    ("persistent cache", False)])
+def test_processes_share_programs_only_with_the_same_keys(tmp_path, case, shared):
+    """Process 1 loads process 0's binaries only when both compute the same key for
+    a program (same CPUs, XLA flags...) and no persistent cache could serve process 0
+    instead; otherwise each compiles its own, and neither waits for the other."""
+    coordinator, processes = f"127.0.0.1:{free_port()}", []
+    for i in range(2):
+        env = {**clean_environ(), "XLA_FLAGS": f"--xla_dump_to={tmp_path / f'process{i}'}"}
+        if case == "mpirun":
+            env.update(MPIRUN, OMPI_COMM_WORLD_RANK=str(i), OMPI_COMM_WORLD_LOCAL_RANK=str(i))
+        if case == "other XLA flags" and i == 1:
+            env["XLA_FLAGS"] += " --xla_cpu_enable_fast_math=false"
+        if case == "persistent cache":
+            env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "cache")
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", JOB, coordinator, str(i), case], cwd=REPO, env=env,
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    ended = finish(processes, timeout=60)
+    assert [(status, stdout) for status, stdout, _ in ended] == [
+        (0, f"{i} [0. 2. 4. 6.]\n") for i in range(2)], [e for _, _, e in ended]
+    everything = ["jit__identity_fn", "jit__lambda", "jit__identity_fn"]  # join, 2 x, gather
+    assert compiled_over_both(tmp_path / "process0") == everything
+    assert compiled_over_both(tmp_path / "process1") == (everything[:1] if shared else everything)
+    assert loaded(tmp_path / "process1") == (everything[1:] if shared else [])
 
 
 def test_processes_with_different_data_are_refused(rows, tmp_path):
