@@ -136,6 +136,7 @@ def join(args: argparse.Namespace) -> bool:
                                initialization_timeout=int(args.join_timeout) + 60,
                                heartbeat_timeout_seconds=args.heartbeat_timeout)
     timer.cancel()
+    jax.config.update("jax_share_binary_between_hosts", False)  # until the processes agree
     keys = _job_wide_keys(cpu_signature())
     # A first collective connects the processes now: a process that stops later
     # closes a live connection, and its peers' next collective fails at once. Gloo
@@ -210,16 +211,21 @@ def _share_compiled_programs(keys: list | None) -> None:
     ``keys`` (from ``_job_wide_keys``) holds this process's key of the join's
     handshake. A process waits for a binary under its own key, so the job shares only
     when every process computed the same key (same CPUs, jaxlib, XLA flags, compile
-    options, compression), on CPUs, and without a persistent compilation cache (a
-    process that finds a program there publishes nothing). Otherwise JAX's keys are
-    put back and every process compiles its own programs. All processes decide
-    together: a collective.
+    options, compression) and has the same JAX settings (which shape every later
+    program: matmul precision, x64...), on CPUs, and without a persistent compilation
+    cache (a process that finds a program there publishes nothing). Otherwise JAX's
+    keys are put back and every process compiles its own programs. All processes
+    decide together: a collective.
     """
     from jax._src import cache_key
     willing = bool(keys) and jax.devices()[0].platform == "cpu" and (
         not jax.config.jax_compilation_cache_dir)
-    digest = hashlib.sha256((keys or [b""])[-1] + str(
-        importlib.util.find_spec("zstandard") is not None).encode()).digest()
+    # Each process's own GPUs (*_visible_devices, set from the local rank) are its own.
+    settings = repr(sorted((k, v) for k, v in jax.config.values.items()
+                           if not k.endswith("_visible_devices")))
+    zstd = importlib.util.find_spec("zstandard") is not None  # JAX's compression
+    digest = hashlib.sha256(b"".join([(keys or [b""])[-1], settings.encode(),
+                                      bytes([zstd])])).digest()
     everyone = _allgather(np.frombuffer(bytes([willing]) + digest, np.uint8))
     if everyone[:, 0].all() and (everyone == everyone[0]).all():
         jax.config.update("jax_share_binary_between_hosts", True)

@@ -200,25 +200,31 @@ distributed.join(argparse.Namespace(
     join_timeout=20, heartbeat_timeout=10))
 sharding = NamedSharding(Mesh(np.array(jax.devices()), ("configs",)), PartitionSpec("configs"))
 x = distributed.put(np.arange(4.0), sharding)
-print(jax.process_index(), distributed.host(jax.jit(lambda x: 2 * x)(x)))
+print(jax.process_index(), distributed.host(jax.jit(lambda x: x @ x * x)(x)))
 """
 MPIRUN = {"OMPI_MCA_orte_hnp_uri": "1.0;tcp://127.0.0.1:1", "OMPI_COMM_WORLD_SIZE": "2"}
 
 
 @pytest.mark.parametrize("case, shared", [
     ("mpirun", True), ("other cpu", False), ("other XLA flags", False),
+    ("other JAX settings", False), ("other XLA flags, sharing asked for", False),
     ("persistent cache", False)])
 def test_processes_share_programs_only_with_the_same_keys(tmp_path, case, shared):
     """Process 1 loads process 0's binaries only when both compute the same key for
-    a program (same CPUs, XLA flags...) and no persistent cache could serve process 0
-    instead; otherwise each compiles its own, and neither waits for the other."""
+    a program (same CPUs, XLA flags...), have the same JAX settings and no persistent
+    cache could serve process 0 instead; otherwise each compiles its own, and neither
+    waits for the other."""
     coordinator, processes = f"127.0.0.1:{free_port()}", []
     for i in range(2):
         env = {**clean_environ(), "XLA_FLAGS": f"--xla_dump_to={tmp_path / f'process{i}'}"}
         if case == "mpirun":
             env.update(MPIRUN, OMPI_COMM_WORLD_RANK=str(i), OMPI_COMM_WORLD_LOCAL_RANK=str(i))
-        if case == "other XLA flags" and i == 1:
+        if case.startswith("other XLA flags") and i == 1:
             env["XLA_FLAGS"] += " --xla_cpu_enable_fast_math=false"
+        if case.endswith("sharing asked for"):
+            env["JAX_SHARE_BINARY_BETWEEN_HOSTS"] = "true"
+        if case == "other JAX settings" and i == 1:  # changes the product, not the handshake
+            env["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
         if case == "persistent cache":
             env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "cache")
         processes.append(subprocess.Popen(
@@ -226,8 +232,8 @@ def test_processes_share_programs_only_with_the_same_keys(tmp_path, case, shared
             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     ended = finish(processes, timeout=60)
     assert [(status, stdout) for status, stdout, _ in ended] == [
-        (0, f"{i} [0. 2. 4. 6.]\n") for i in range(2)], [e for _, _, e in ended]
-    everything = ["jit__identity_fn", "jit__lambda", "jit__identity_fn"]  # join, 2 x, gather
+        (0, f"{i} [ 0. 14. 28. 42.]\n") for i in range(2)], [e for _, _, e in ended]
+    everything = ["jit__identity_fn", "jit__lambda", "jit__identity_fn"]  # join, x, gather
     assert compiled_over_both(tmp_path / "process0") == everything
     assert compiled_over_both(tmp_path / "process1") == (everything[:1] if shared else everything)
     assert loaded(tmp_path / "process1") == (everything[1:] if shared else [])
