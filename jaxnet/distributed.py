@@ -224,7 +224,7 @@ def _share_compiled_programs(keys: list | None) -> None:
     settings = repr(sorted((k, v) for k, v in jax.config.values.items()
                            if not k.endswith("_visible_devices")))
     zstd = importlib.util.find_spec("zstandard") is not None  # JAX's compression
-    digest = hashlib.sha256(b"".join([(keys or [b""])[-1], settings.encode(),
+    digest = hashlib.sha256(b"".join([keys[0] if keys else b"", settings.encode(),
                                       bytes([zstd])])).digest()
     everyone = _allgather(np.frombuffer(bytes([willing]) + digest, np.uint8))
     if everyone[:, 0].all() and (everyone == everyone[0]).all():
@@ -237,23 +237,24 @@ def _wait_for_coordinator(coordinator: str, deadline: float) -> None:
     """Return once process 0's coordination service accepts connections, or at
     ``deadline``. A process that connects before the service listens waits out gRPC's
     reconnect backoff, about 1 s: most of the join of processes started together."""
+    while time.monotonic() < deadline and not _answers(coordinator, timeout=1):
+        time.sleep(0.01)
+
+
+def _answers(coordinator: str, timeout: float) -> bool:
+    """Whether something accepts connections at ``coordinator`` (HOST:PORT)."""
     address, _, port = coordinator.rpartition(":")
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection((address.strip("[]"), int(port)), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.01)
+    try:
+        socket.create_connection((address.strip("[]"), int(port)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def _give_up_joining(coordinator: str | None, process_id: int | None, timeout: float) -> None:
     reason = "not every process of the job joined"
-    if coordinator is not None and process_id != 0:
-        address, _, port = coordinator.rpartition(":")
-        try:
-            socket.create_connection((address.strip("[]"), int(port)), timeout=5).close()
-        except OSError:
-            reason = f"nothing answers at {coordinator}"
+    if coordinator is not None and process_id != 0 and not _answers(coordinator, timeout=5):
+        reason = f"nothing answers at {coordinator}"
     os.write(2, f"error: could not join the job within --join-timeout {timeout:g} s: "
                 f"{reason} (start every process of the job: under srun or mpirun, or each "
                 f"with the same --coordinator, the address of process 0)\n".encode())

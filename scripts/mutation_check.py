@@ -197,7 +197,7 @@ MUTANTS = (
            "hash_obj.update(cpu)", "pass",
            ("tests/test_distributed.py::test_processes_share_programs_only_with_the_same_keys",)),
     Mutant("jax_settings_not_compared", "jaxnet/distributed.py",
-           "(keys or [b\"\"])[-1], settings.encode(),", "(keys or [b\"\"])[-1],",
+           'keys[0] if keys else b"", settings.encode(),', 'keys[0] if keys else b"",',
            ("tests/test_distributed.py::test_processes_share_programs_only_with_the_same_keys",)),
     Mutant("handshake_shared_when_asked_for", "jaxnet/distributed.py",
            'jax.config.update("jax_share_binary_between_hosts", False)', "pass",
