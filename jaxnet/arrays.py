@@ -1,4 +1,4 @@
-"""Host arrays that JAX on CPU can use in place (numpy only).
+"""Host arrays that JAX on CPU can use in place, and checksums of arrays (numpy only).
 
 JAX's CPU client aliases a numpy buffer instead of copying it when the buffer
 starts on a 64-byte boundary (``jax.device_put(a, may_alias=True)``). numpy's
@@ -9,6 +9,7 @@ is a multiple of 64 bytes (3072 float32 pixels are 12288 bytes).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -39,3 +40,16 @@ def aligned_array(a, dtype, alignment: int = ALIGNMENT) -> np.ndarray:
     out = aligned_empty(a.shape, dtype, alignment)
     np.copyto(out, a, casting="unsafe")
     return out
+
+
+def fingerprint(*arrays) -> str:
+    """A SHA-256 checksum of arrays (shapes, dtypes and bytes); None entries count as absent."""
+    digest = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            digest.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        digest.update(f"{a.dtype.str}{a.shape}".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMAGE_SHAPE = (32, 32, 3)
+from .data import IMAGE_SHAPE
 
 
 def flip_horizontal(images: jax.Array) -> jax.Array:
@@ -50,3 +50,34 @@ def augment_rows(key: jax.Array, X: jax.Array, flip: bool, max_shift: int) -> ja
         shifts = jax.random.randint(shift_key, (X.shape[0], 2), -max_shift, max_shift + 1)
         images = translate(images, shifts, max_shift)
     return images.reshape(X.shape)
+
+
+# Folded into a step's key for the mixup draws, so that turning mixup on leaves the
+# step's augmentation and dropout draws as they were.
+MIXUP_STREAM = 1
+
+
+def mixup_partners(key: jax.Array, alpha: jax.Array, n: int) -> tuple:
+    """A minibatch's mixup draw: the weight lam ~ Beta(alpha, alpha) (scalar) and each
+    row's partner, a permutation of the n rows."""
+    lam_key, partner_key = jax.random.split(key)
+    return jax.random.beta(lam_key, alpha, alpha), jax.random.permutation(partner_key, n)
+
+
+def mix_rows(X: jax.Array, mix: tuple) -> jax.Array:
+    """Mixup's inputs ``lam * X + (1 - lam) * X[partners]`` for ``mix = (lam, partners)``
+    (from ``mixup_partners``); X: (N, D), blended in lam's dtype, not bfloat16."""
+    lam, partners = mix
+    X = X.astype(lam.dtype)
+    return lam * X + (1 - lam) * X[partners]
+
+
+def apply_transform(transform, X: jax.Array) -> jax.Array:
+    """``(X - mean) @ matrix`` (``* matrix`` for a (D,) scale); X itself if transform is None.
+
+    transform: None or (mean (D,), matrix (D, k) or (D,)); X: (N, D) -> (N, k).
+    """
+    if transform is None:
+        return X
+    mean, matrix = transform
+    return (X - mean) * matrix if matrix.ndim == 1 else (X - mean) @ matrix

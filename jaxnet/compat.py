@@ -18,6 +18,8 @@ import jax
 import numpy as np
 
 from . import model, solver
+from .config import TrainConfig
+from .loop import sample_batches
 from .validate import check_batch
 
 _scores = jax.jit(model.scores)
@@ -86,11 +88,11 @@ class TwoLayerNet:
         (per iteration), ``train_acc_history`` and ``val_acc_history`` (per epoch).
         """
         dtype = _precision(X, X_val)
-        config = solver.TrainConfig(
+        config = TrainConfig(
             hidden_size=self.params["W1"].shape[1], num_iters=num_iters, batch_size=batch_size,
             learning_rate=learning_rate, learning_rate_decay=learning_rate_decay, reg=reg,
             dtype=np.dtype(dtype).name).validate()
-        batches = solver.sample_batches(len(X), batch_size, num_iters)
+        batches = sample_batches(len(X), batch_size, num_iters)
         result = solver.train(X, y, X_val, y_val, config, params=self.params, batches=batches,
                               progress=solver.notebook_printer() if verbose else None)
         self.params = {k: v.astype(np.asarray(self.params[k]).dtype, copy=False)

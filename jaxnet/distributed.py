@@ -13,7 +13,7 @@ A process joins when it is one of several: started by ``srun`` or ``mpirun``
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). With none of these it stays a single
 process and nothing here changes what it does. In a CPU job whose processes would
 compile alike (same CPUs, jaxlib, XLA flags), process 0 compiles each program over
-the job's devices and the others load its binary (``_share_compiled_programs``).
+the job's devices and the others load its binary (``jaxnet.program_sharing``).
 
 Failures are made short and bounded: joining gives up after ``--join-timeout``
 with one line (JAX itself would abort with a C++ trace), and a collective that
@@ -24,11 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import importlib.util
-import inspect
 import os
-import platform
 import shutil
 import socket
 import sys
@@ -41,6 +37,8 @@ from typing import Callable, Iterator
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from . import program_sharing
 
 ENV = {"coordinator": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
        "process_id": "JAX_PROCESS_ID"}
@@ -137,7 +135,7 @@ def join(args: argparse.Namespace) -> bool:
                                heartbeat_timeout_seconds=args.heartbeat_timeout)
     timer.cancel()
     jax.config.update("jax_share_binary_between_hosts", False)  # until the processes agree
-    keys = _job_wide_keys(cpu_signature())
+    keys = program_sharing.job_wide_keys(program_sharing.cpu_signature())
     # A first collective connects the processes now: a process that stops later
     # closes a live connection, and its peers' next collective fails at once. Gloo
     # announces the connection on stdout, where the results go: it is kept out.
@@ -148,89 +146,12 @@ def join(args: argparse.Namespace) -> bool:
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 1)
-        _allgather(np.zeros(VOTE_BYTES, np.uint8))
+        _allgather(np.zeros(program_sharing.VOTE_BYTES, np.uint8))
     finally:
         os.dup2(saved, 1)
         os.close(saved)
-    _share_compiled_programs(keys)
+    program_sharing.share_if_agreed(keys, _allgather)
     return True
-
-
-VOTE_BYTES = 33  # whether a process may share compiled programs, and its key's digest
-
-
-def cpu_signature() -> bytes:
-    """SHA-256 of what XLA compiles CPU code for: the machine's architecture and its
-    instruction-set flags (``/proc/cpuinfo`` on Linux; the processor's name elsewhere)."""
-    text = f"{platform.machine()} {platform.processor()}"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        text += next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
-    return hashlib.sha256(text.encode()).digest()
-
-
-def _job_wide_keys(cpu: bytes) -> list | None:
-    """Make the keys under which JAX finds compiled programs agree between processes
-    for programs over the devices of several processes. Returns a list that will hold
-    this process's key of the first such program it compiles (less the key's last,
-    constant parts), or None, changing nothing, on a JAX whose keys are made otherwise.
-
-    JAX's key hashes the program, jaxlib, the XLA flags, the compile options and the
-    program's devices; on the CPU (jaxlib 0.10) the devices' part covers only the
-    process's own devices, so no two processes agree. For programs over several
-    processes it is made here of every device of the program and ``cpu``, the CPU
-    signature, since a binary is compiled for its host's CPU.
-    """
-    from jax._src import cache_key  # JAX's keys of compiled programs
-    jax_hash = getattr(cache_key, "_hash_accelerator_config", None)
-    if jax_hash is None or list(inspect.signature(jax_hash).parameters) != [
-            "hash_obj", "accelerators"]:
-        return None
-    jax_hash = getattr(jax_hash, "jax_hash", jax_hash)
-    recorded = []
-
-    def hash_devices(hash_obj, accelerators: np.ndarray) -> None:
-        if len({d.process_index for d in accelerators.flat}) < 2:
-            return jax_hash(hash_obj, accelerators)
-        hash_obj.update(cpu)
-        for d in accelerators.flat:
-            hash_obj.update(f"{d.device_kind}:{d.id}:{d.process_index};".encode())
-        if not recorded:
-            recorded.append(hash_obj.copy().digest())
-
-    hash_devices.jax_hash = jax_hash
-    cache_key._hash_accelerator_config = hash_devices
-    return recorded
-
-
-def _share_compiled_programs(keys: list | None) -> None:
-    """Let process 0 compile each program over the job's devices and the others load
-    its binary (JAX's ``jax_share_binary_between_hosts``) instead of compiling the
-    same program: processes on one host would compete for its cores (2 processes on
-    2 cores spent 2-4 s more per sweep compiling than 1 process with 2 devices).
-
-    ``keys`` (from ``_job_wide_keys``) holds this process's key of the join's
-    handshake. A process waits for a binary under its own key, so the job shares only
-    when every process computed the same key (same CPUs, jaxlib, XLA flags, compile
-    options, compression) and has the same JAX settings (which shape every later
-    program: matmul precision, x64...), on CPUs, and without a persistent compilation
-    cache (a process that finds a program there publishes nothing). Otherwise JAX's
-    keys are put back and every process compiles its own programs. All processes
-    decide together: a collective.
-    """
-    from jax._src import cache_key
-    willing = bool(keys) and jax.devices()[0].platform == "cpu" and (
-        not jax.config.jax_compilation_cache_dir)
-    # Each process's own GPUs (*_visible_devices, set from the local rank) are its own.
-    settings = repr(sorted((k, v) for k, v in jax.config.values.items()
-                           if not k.endswith("_visible_devices")))
-    zstd = importlib.util.find_spec("zstandard") is not None  # JAX's compression
-    digest = hashlib.sha256(b"".join([keys[0] if keys else b"", settings.encode(),
-                                      bytes([zstd])])).digest()
-    everyone = _allgather(np.frombuffer(bytes([willing]) + digest, np.uint8))
-    if everyone[:, 0].all() and (everyone == everyone[0]).all():
-        jax.config.update("jax_share_binary_between_hosts", True)
-    elif keys is not None:
-        cache_key._hash_accelerator_config = cache_key._hash_accelerator_config.jax_hash
 
 
 def _wait_for_coordinator(coordinator: str, deadline: float) -> None:
@@ -295,7 +216,7 @@ def _lost(exc: Exception) -> str:
 def put(a, sharding, place: Callable = jax.device_put) -> jax.Array:
     """``a`` (numpy, the same on every process) as a jax array laid out by ``sharding``.
 
-    ``place(a, device_or_sharding)`` puts numpy on a device (e.g. ``solver.device_array``
+    ``place(a, device_or_sharding)`` puts numpy on a device (e.g. ``kernels.device_array``
     to alias aligned buffers). A sharding over other processes' devices too is
     assembled from this process's shards, each placed by ``place``.
     """
@@ -328,7 +249,7 @@ def agree(flag: bool, signum: int | None) -> tuple[bool, int | None]:
 
 def check_same(**digests: str) -> None:
     """Refuse (ValueError) when a SHA-256 hex digest differs between processes, e.g.
-    ``check_same(data=resume.fingerprint(X, ...))``: every process must train on the
+    ``check_same(data=arrays.fingerprint(X, ...))``: every process must train on the
     same data, or the results would silently be wrong."""
     if not is_multiprocess():
         return

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .checkpoint import atomic_write
+from .files import atomic_write
+from .data import IMAGE_SHAPE
 
 
 def _save(fig, path) -> Path:
@@ -56,7 +57,7 @@ def visualize_grid(Xs: np.ndarray, ubound: float = 255.0, padding: int = 1) -> n
     return grid
 
 
-def plot_weights(W1: np.ndarray, path, image_shape=(32, 32, 3)) -> Path:
+def plot_weights(W1: np.ndarray, path, image_shape=IMAGE_SHAPE) -> Path:
     """The first-layer weights as image tiles. W1: (D, H) with D = prod(image_shape)."""
     W1 = np.asarray(W1)
     if W1.shape[0] != int(np.prod(image_shape)):

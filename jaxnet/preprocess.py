@@ -26,8 +26,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .data import IMAGE_SHAPE
+
 KINDS = ("standardize", "pca", "zca")
-IMAGE_SHAPE = (32, 32, 3)
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
 # Keys of the transform in a checkpoint's ``extra`` arrays.
@@ -89,7 +90,7 @@ class Transform:
         return out
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The transform as plain arrays for ``save_checkpoint(..., extra=...)``."""
+        """The transform as plain arrays for ``save_model(..., extra=...)``."""
         return {KIND_KEY: np.array(self.kind), MEAN_KEY: self.mean, MATRIX_KEY: self.matrix}
 
     @classmethod
@@ -288,12 +289,12 @@ def load_classifier(path, class_names: tuple = CLASS_NAMES) -> Classifier:
     what does not fit (missing mean, shapes that disagree with W1, a number of
     classes other than ``len(class_names)``).
     """
-    from .checkpoint import MARKER, check_complete, load_checkpoint
+    from .saved_model import MARKER, check_complete, load_model
 
     folder = Path(path).parent
     if any((folder / name).exists() for name in (MARKER, "config.json", "metrics.json")):
         check_complete(folder)   # a params.npz of a run folder counts once the run is whole
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_model(path)
     extra, params = checkpoint.extra, checkpoint.params
     if "mean_image" not in extra:
         D = params["W1"].shape[0]

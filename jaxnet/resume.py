@@ -1,6 +1,6 @@
 """Progress saved as training goes, and runs continued exactly after an interruption.
 
-The compiled loop returns to the host between chunks of steps (``solver.run_chunks``);
+The compiled loop returns to the host between chunks of steps (``loop.run_chunks``);
 that is where progress is saved: the step reached, the loop's carry (params, best
 params, optimizer state, early-stopping counters) and the per-step outputs so far
 (``LoopProgress``). Every random draw of a run is a function of its seed and the
@@ -21,20 +21,19 @@ never interrupted (on the CPU).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import signal
-import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from . import distributed
+from .files import atomic_write
+from .loop import LoopProgress
 from .validate import read_npz
 
 VERSION = "0.6.0"
@@ -79,28 +78,6 @@ def stop_on_signals():
         for s, handler in previous.items():
             signal.signal(s, handler)
         _stop_signal = None
-
-
-def fingerprint(*arrays) -> str:
-    """A SHA-256 checksum of arrays (shapes, dtypes and bytes); None entries count as absent."""
-    digest = hashlib.sha256()
-    for a in arrays:
-        if a is None:
-            digest.update(b"none")
-            continue
-        a = np.ascontiguousarray(a)
-        digest.update(f"{a.dtype.str}{a.shape}".encode())
-        digest.update(memoryview(a).cast("B"))
-    return digest.hexdigest()
-
-
-class LoopProgress(NamedTuple):
-    """A training loop stopped between chunks: ``step`` steps done, the carry ``state``
-    (numpy leaves, shaped as the loop's state) and the outputs, each (K, step)."""
-
-    step: int
-    state: object
-    outputs: tuple
 
 
 def _json(value):
@@ -205,25 +182,9 @@ class Checkpoint:
         start = time.monotonic()
         self.folder.mkdir(parents=True, exist_ok=True)
         document = json.dumps({"identity": identity, "version": VERSION, **meta})
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{self.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, allow_pickle=False, meta=np.array(document), **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            if self.path.exists():
-                os.replace(self.path, self.previous_path)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):  # make the renames durable where the OS allows
-            dir_fd = os.open(self.folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        atomic_write(self.path, lambda f: np.savez(f, allow_pickle=False, meta=np.array(document),
+                                                   **arrays),
+                     durable=True, previous=self.previous_path)
         self._timing["last"] = time.monotonic()
         self._timing["spent"] += self._timing["last"] - start
 
@@ -283,9 +244,9 @@ def loop_arrays(progress: LoopProgress) -> dict:
 
 
 def read_loop(arrays: dict, step, template, total: int) -> LoopProgress:
-    """The ``LoopProgress`` stored in ``arrays`` at ``step`` of ``total``, shaped like
-    ``template`` (the loop's freshly initialised state); raises ``CorruptCheckpoint`` when
-    it does not fit."""
+    """The ``LoopProgress`` stored in ``arrays`` at ``step`` of ``total``, shaped and
+    placed like ``template`` (the loop's freshly initialised state); raises
+    ``CorruptCheckpoint`` when it does not fit."""
     if not isinstance(step, int) or not 0 < step <= total:
         raise CorruptCheckpoint(f"its step {step!r} is not in [1, {total}]")
     leaves, treedef = jax.tree.flatten(template)
@@ -305,11 +266,14 @@ def read_loop(arrays: dict, step, template, total: int) -> LoopProgress:
     if (np.any(np.asarray(state.best_val_correct) < -1) or np.any(np.asarray(state.stopped_at) < 0)
             or np.any(outputs[1] < 0) or np.any(outputs[2] < 0)):
         raise CorruptCheckpoint("its counters are out of range")
+    # Placed where the fresh state's leaves are (device, sharding over configs).
+    state = jax.tree.map(lambda fresh, saved: distributed.put(saved, fresh.sharding),
+                         template, state)
     return LoopProgress(step, state, outputs)
 
 
 class LoopHook:
-    """``solver.run_chunks``'s hook for one run: restores saved progress and saves new."""
+    """``loop.run_chunks``'s hook for one run: restores saved progress and saves new."""
 
     def __init__(self, checkpoint: Checkpoint, identity: dict):
         self.checkpoint, self.identity = checkpoint, identity

@@ -17,8 +17,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import data, model, preprocess, sweep
-from .checkpoint import MARKER, PROGRESS_FOLDER, atomic_write, mark_complete, save_checkpoint
+from . import data, download, model, preprocess, sweep
+from .files import atomic_write
+from .saved_model import MARKER, PROGRESS_FOLDER, mark_complete, save_model
 from .plots import plot_history, plot_weights
 from .validate import count_classes, host_memory
 
@@ -58,11 +59,11 @@ def load_dataset(args, say=lambda message: print(message, file=sys.stderr)) -> d
     if root.exists() and not root.is_dir():
         raise ValueError(f"--data-dir {root} is a file; it must be the folder that holds "
                          f"cifar-10-batches-py (or that folder itself)")
-    if not data.cifar10_present(root) and not (root / "data_batch_1").exists():
+    if not download.cifar10_present(root) and not (root / "data_batch_1").exists():
         say(f"CIFAR-10 not found in {root}; downloading it (about 163 MB) ...")
         try:
-            data.download_cifar10(root)
-        except data.DownloadError as exc:
+            download.download_cifar10(root)
+        except download.DownloadError as exc:
             raise ValueError(f"{exc}. Get CIFAR-10 with: {data.download_command(root)}, "
                              f"or point --data-dir at a folder holding cifar-10-batches-py") \
                 from None
@@ -237,7 +238,7 @@ def write_run(out: Path, config: dict, params: dict, history: dict, metrics: dic
     write_json(paths["config.json"], config)
     write_json(paths["history.json"], history)
     write_json(paths["metrics.json"], metrics)
-    save_checkpoint(paths["params.npz"], params, config, history, extra)
+    save_model(paths["params.npz"], params, config, history, extra)
     plot_history(history, paths["loss_acc.png"])
     if np.shape(params["W1"])[0] == 32 * 32 * 3:
         paths["weights.png"] = plot_weights(params["W1"], out / "weights.png")

@@ -35,9 +35,9 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import numpy as np
 
-from . import cli, preprocess, resume, runs, sweep
-from .checkpoint import mark_complete
-from .solver import PRESET_PREPROCESS, PRESETS, TrainConfig
+from . import preprocess, resume, runs, sweep
+from .saved_model import mark_complete
+from .config import PRESET_PREPROCESS, PRESETS, TrainConfig
 
 CHOICES = ("none",) + preprocess.KINDS
 BASE = TrainConfig(batch_size=200, reg=0.0, optimizer="adam", schedule="cosine", flip=True)
@@ -48,44 +48,6 @@ COARSE_RANGES = {"learning_rate": ("log", 5e-5, 3e-3), "dropout": ("uniform", 0.
 EXTRA_RANGE_FIELDS = ("mixup", "label_smoothing", "ema")
 # Dropout above this leaves too few units of a narrow net; TrainConfig needs < 1.
 MAX_DROPOUT = 0.9
-
-
-def add_preprocess_arguments(parser, kinds_help: str, default: str | None = None) -> None:
-    """--preprocess KIND[,KIND...], --pca-components, --whiten-eps (as scripts/train.py's)."""
-    group = parser.add_argument_group("preprocessing (fitted on the training split)")
-    group.add_argument("--preprocess", metavar="KIND[,KIND...]", default=default,
-                       help=f"{kinds_help}; kinds: {', '.join(CHOICES)}")
-    group.add_argument("--pca-components", type=cli.positive_int, default=400,
-                       help="dimensions kept by pca")
-    group.add_argument("--whiten-eps", type=cli.nonnegative_float,
-                       help="zca: eps relative to the mean variance (default 0.01); "
-                            "pca: whiten with this eps (default: no whitening)")
-
-
-def parse_kinds(text: str) -> list[str]:
-    """'none,zca' -> ['none', 'zca']: preprocessing kinds, each one of ``CHOICES``, once."""
-    kinds = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
-    unknown = [kind for kind in kinds if kind not in CHOICES]
-    if unknown or not kinds:
-        raise ValueError(f"--preprocess takes a comma-separated list of {', '.join(CHOICES)}; "
-                         f"got {text!r}")
-    return kinds
-
-
-def parse_range(name: str, text: str, default_kind: str) -> tuple:
-    """'1e-4:1e-2[:log|uniform|int]' -> ('log', 0.0001, 0.01), the range of field ``name``."""
-    parts = text.split(":")
-    kind = parts[2] if len(parts) == 3 else default_kind
-    try:
-        low, high = float(parts[0]), float(parts[1])
-    except (ValueError, IndexError):
-        raise ValueError(f"{cli.flag(name)}-range must be LOW:HIGH[:KIND]; got {text!r}") from None
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ValueError(f"{cli.flag(name)}-range {text!r}: LOW and HIGH must be finite numbers")
-    if kind not in ("log", "uniform", "int") or not low <= high or (kind == "log" and low <= 0):
-        raise ValueError(f"{cli.flag(name)}-range {text!r}: need LOW <= HIGH (> 0 for log) "
-                         "and KIND log, uniform or int")
-    return (kind, int(low), int(high)) if kind == "int" else (kind, low, high)
 
 
 def fit_transforms(kinds: Sequence[str], X_train: np.ndarray, k: int | None = None,
@@ -263,7 +225,9 @@ def train_command(config: TrainConfig, kind: str, plan: SearchPlan,
     for field in dataclasses.fields(TrainConfig):
         value = getattr(config, field.name)
         if value != getattr(PRESETS["best"], field.name):
-            flags += [cli.flag(field.name), str(int(value) if isinstance(value, bool) else value)]
+            # The field's flag, as the train command spells it: hidden_size -> --hidden-size.
+            flag = "--" + field.name.replace("_", "-")
+            flags += [flag, str(int(value) if isinstance(value, bool) else value)]
     if kind != PRESET_PREPROCESS["best"]:
         flags += ["--preprocess", kind]
         if kind == "pca":

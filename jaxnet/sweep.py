@@ -1,7 +1,7 @@
 """Hyperparameter sweeps: many networks trained at once in one compiled program.
 
 Configs that share their structure (hidden size, batch size, iterations,
-optimizer, schedule, seed, ...; ``TrainConfig.STRUCTURE``) form a group. A
+optimizer, schedule, seed, ...; ``config.STATIC``) form a group. A
 group trains under ``jit(vmap(chunk))`` with the continuous hyperparameters
 as arrays, so every value shares one compilation, and with one minibatch
 schedule for all its configs: the K first-layer products then become one
@@ -28,7 +28,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from . import distributed, model, resume, solver
-from .solver import TrainConfig
+from .arrays import fingerprint
+from .config import TRACED, TrainConfig
+from .kernels import device_array, training_rows
+from .loop import LoopProgress, Schedule, compiled, compiled_chunk_fn, make_schedule, run_chunks
+from .optim import learning_rate_at
+from .step import init_state
 
 # Optimizer state per parameter entry, in units of the parameter's size.
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
@@ -99,7 +104,7 @@ def estimate_memory(config: TrainConfig, num_configs: int, num_features: int,
     itemsize = np.dtype(config.dtype).itemsize
     H, B = config.hidden_size, config.batch_size
     k = num_features if input_size is None else input_size
-    param_count = k * H + H + H * num_classes + num_classes
+    param_count = model.param_count(k, H, num_classes)
     # params, best, grads, optimizer slots and, with ema, the moving average
     copies = 3 + OPTIMIZER_SLOTS[config.optimizer] + (config.ema > 0)
     activations = 4 * B * (H + num_classes)          # forward and backward, with margin
@@ -138,14 +143,14 @@ def _input_size(X: np.ndarray, transform: tuple | None) -> int:
     return X.shape[1] if transform is None else transform[1].shape[-1]
 
 
-def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Schedule,
+def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: Schedule,
                  mesh: Mesh, chunk_size: int, progress: Callable | None,
                  transform: tuple | None, hook=None):
     """Train one chunk of a group (same structure) under vmap, sharded over ``mesh``.
 
     ``transform`` (mean (D,), matrix (D, k) or (D,)) is applied to each augmented
     minibatch inside the loop, shared by every config (not vmapped). ``hook``: as
-    in ``solver.run_chunks``.
+    in ``loop.run_chunks``.
     Returns per-config final and best params (numpy, K leading axis), histories
     (K dicts) and best validation accuracies (K,).
     """
@@ -158,12 +163,11 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
     # distributed.put makes global arrays when the mesh spans processes (each process
     # places its own shards; X stays aliased); on one process it is device_put.
     hp = {name: distributed.put(np.array([c.hyperparams()[name] for c in padded], dtype),
-                                by_config) for name in TrainConfig.CONTINUOUS}
-    # The training rows are cast once, for the whole chunk (solver.training_rows).
-    X = distributed.put(data[0], replicated,
-                        lambda a, to: solver.training_rows(a, config, to))
-    X_val = distributed.put(data[2], replicated,
-                            lambda a, to: solver.device_array(a, dtype, to))
+                                by_config) for name in TRACED}
+    # The training rows are cast once, for the whole chunk (kernels.training_rows).
+    X = distributed.put(data[0], replicated, lambda a, to: training_rows(
+        a, config.dtype, config.compute_dtype, to))
+    X_val = distributed.put(data[2], replicated, lambda a, to: device_array(a, dtype, to))
     y, y_val = (distributed.put(a, replicated) for a in (data[1], data[3]))
     if transform is not None:
         transform = tuple(distributed.put(np.asarray(a, dtype), replicated) for a in transform)
@@ -174,10 +178,10 @@ def _train_chunk(configs: list[TrainConfig], data: tuple, schedule: solver.Sched
     # replicated, and out of each chunk sharded by config: placed as the chunk
     # returns them, the loop compiles once per group, not twice.
     state = jax.device_put(state, by_config)
-    chunk_fn = solver.compiled_chunk_fn(config, vmapped=True)
-    state, histories, best_val_acc = solver.run_chunks(
+    chunk_fn = compiled_chunk_fn(config, vmapped=True)
+    state, histories, best_val_acc = run_chunks(
         chunk_fn, state, hp, lrs, (X, y, X_val, y_val), schedule, chunk_size, progress,
-        transform, hook)
+        transform, hook, read=distributed.host)
     K = len(configs)
     params, best_params = ({k: distributed.host(v)[:K] for k, v in tree.items()}
                            for tree in (state.params, state.best_params))
@@ -188,17 +192,15 @@ def _init_fn(config: TrainConfig, num_features: int, num_classes: int) -> Callab
     """``init(hp, decays_before) -> (state, lrs)`` of a group, vmapped over hp and jitted;
     cached like the loop, so a second sweep of the same shapes compiles nothing
     (a fresh closure per call recompiled it: ~1-2 s per group)."""
-    key = ("init", config.structure(), num_features, num_classes)
-    if key not in solver.COMPILED:
-        def init(hp, decays_before):
-            params = model.init_params(jax.random.key(config.seed), num_features,
-                                       config.hidden_size, num_classes, hp["std"],
-                                       np.dtype(config.dtype))
-            steps = jnp.arange(decays_before.shape[0])
-            lrs = solver.learning_rate_at(config, hp, steps, decays_before)
-            return solver.init_state(config, hp, params, lrs), lrs
-        solver.COMPILED[key] = jax.jit(jax.vmap(init, in_axes=(0, None)))
-    return solver.COMPILED[key]
+    def init(hp, decays_before):
+        params = model.init_params(jax.random.key(config.seed), num_features,
+                                   config.hidden_size, num_classes, hp["std"],
+                                   np.dtype(config.dtype))
+        steps = jnp.arange(decays_before.shape[0])
+        lrs = learning_rate_at(config, hp, steps, decays_before)
+        return init_state(config, hp, params, lrs), lrs
+    return compiled(("init", config.structure(), num_features, num_classes),
+                    lambda: jax.jit(jax.vmap(init, in_axes=(0, None))))
 
 
 def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
@@ -241,9 +243,9 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
         identity = {
             "configs": [dataclasses.asdict(c) for c in configs], "chunk_size": chunk_size,
             "devices": len(devices), "max_memory": max_memory, "keep_params": keep_params,
-            "data": resume.fingerprint(X, y, X_val, y_val, *(transform or ()))}
+            "data": fingerprint(X, y, X_val, y_val, *(transform or ()))}
         # Before training: processes holding other data or configs would train wrong.
-        distributed.check_same(data=identity["data"], configs=resume.fingerprint(
+        distributed.check_same(data=identity["data"], configs=fingerprint(
             np.frombuffer(json.dumps(identity["configs"]).encode(), np.uint8)))
     if checkpoint is not None:
         saved = _SweepProgress(checkpoint, identity)
@@ -261,8 +263,8 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
                     np.asarray(X_val_in, dtype), np.asarray(y_val, np.int32))
             per_chunk = _configs_per_chunk(config, len(indices), data, loop_transform,
                                            num_classes, max_memory, len(devices))
-            schedule = solver.make_schedule(len(X), config.batch_size, config.num_iters,
-                                            seed=config.seed)
+            schedule = make_schedule(len(X), config.batch_size, config.num_iters,
+                                     seed=config.seed)
             for start in range(0, len(indices), per_chunk):
                 chunk = indices[start:start + per_chunk]
                 if all(results[i] is not None for i in chunk):  # finished before a resume
@@ -312,13 +314,13 @@ class _SweepProgress:
         try:
             for key, record in meta["finished"].items():
                 i = int(key)
-                params = ({n: arrays[f"params/{i}/{n}"] for n in ("W1", "b1", "W2", "b2")}
+                params = ({n: arrays[f"params/{i}/{n}"] for n in model.PARAM_NAMES}
                           if self.identity["keep_params"] else None)
                 results[i] = ConfigResult(configs[i], *(record[f] for f in self.RECORD), params)
             index = meta["best"]
             best = (None, -1.0, None) if index is None else (
                 index, results[index].val_acc,
-                {n: arrays[f"best/{n}"] for n in ("W1", "b1", "W2", "b2")})
+                {n: arrays[f"best/{n}"] for n in model.PARAM_NAMES})
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"cannot resume from {self.checkpoint.path}: its sweep records "
                              f"are inconsistent ({exc!r})") from None
@@ -327,7 +329,7 @@ class _SweepProgress:
         return best
 
     def save(self, results: list, best: tuple, position=None,
-             loop: resume.LoopProgress | None = None) -> None:
+             loop: LoopProgress | None = None) -> None:
         finished = {str(i): {f: getattr(r, f) for f in self.RECORD}
                     for i, r in enumerate(results) if r is not None}
         arrays = {} if loop is None else resume.loop_arrays(loop)
@@ -356,12 +358,12 @@ class _SweepProgress:
 
 
 class _ChunkHook:
-    """``solver.run_chunks``'s hook for one chunk of configs of a sweep."""
+    """``loop.run_chunks``'s hook for one chunk of configs of a sweep."""
 
     def __init__(self, progress: _SweepProgress, position: tuple, results: list, best: tuple):
         self.progress, self.position, self.results, self.best = progress, position, results, best
 
-    def restore(self, template, total: int) -> resume.LoopProgress | None:
+    def restore(self, template, total: int) -> LoopProgress | None:
         if self.progress.position != self.position:
             return None
         arrays, step = self.progress.loop
@@ -371,7 +373,7 @@ class _ChunkHook:
             raise ValueError(f"cannot resume from {self.progress.checkpoint.path}: {exc}") \
                 from None
 
-    def after_chunk(self, loop: resume.LoopProgress) -> None:
+    def after_chunk(self, loop: LoopProgress) -> None:
         if self.progress.checkpoint.due():
             self.progress.save(self.results, self.best, self.position, loop)
         self.progress.checkpoint.stop_if_requested()

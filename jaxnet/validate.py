@@ -14,6 +14,8 @@ import zlib
 
 import numpy as np
 
+from .model import PARAM_NAMES, param_shapes
+
 # A sane bound on the class count: a W2 of 2**16 columns is already far beyond CIFAR's 10.
 MAX_CLASSES = 2**16
 
@@ -79,20 +81,20 @@ def check_nonnegative(value, name: str) -> float:
 
 
 def check_params(params, input_size: int | None = None) -> dict:
-    """Check a params dict ``{"W1": (D, H), "b1": (H,), "W2": (H, C), "b2": (C,)}``."""
-    missing = {"W1", "b1", "W2", "b2"} - set(params)
+    """Check a params dict against ``model.param_shapes``: W1 (D, H), b1 (H,), W2 (H, C),
+    b2 (C,), with D = ``input_size`` when given."""
+    missing = set(PARAM_NAMES) - set(params)
     if missing:
-        raise ValueError(f"params is missing {sorted(missing)}; it needs W1, b1, W2, b2")
+        raise ValueError(f"params is missing {sorted(missing)}; it needs {', '.join(PARAM_NAMES)}")
     for name in ("W1", "W2"):
         if np.ndim(params[name]) != 2:
             raise ValueError(f"params[{name!r}] must be 2-D; got shape {np.shape(params[name])}")
-    D, H = np.shape(params["W1"])
-    H2, C = np.shape(params["W2"])
-    if H2 != H or np.shape(params["b1"]) != (H,) or np.shape(params["b2"]) != (C,):
-        raise ValueError(
-            "params shapes do not fit together: W1 %s, b1 %s, W2 %s, b2 %s; expected "
-            "W1 (D, H), b1 (H,), W2 (H, C), b2 (C,)" % tuple(
-                np.shape(params[k]) for k in ("W1", "b1", "W2", "b2")))
+    (D, H), C = np.shape(params["W1"]), np.shape(params["W2"])[1]
+    if any(np.shape(params[k]) != shape for k, shape in param_shapes(D, H, C).items()):
+        got = ", ".join(f"{k} {np.shape(params[k])}" for k in PARAM_NAMES)
+        layout = ", ".join(f"{k} ({', '.join(s)}{',' * (len(s) == 1)})"
+                           for k, s in param_shapes("D", "H", "C").items())
+        raise ValueError(f"params shapes do not fit together: {got}; expected {layout}")
     if input_size is not None and D != input_size:
         raise ValueError(f"params expect {D} input features, got {input_size}")
     return params

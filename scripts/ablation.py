@@ -23,10 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from jaxnet import saved_model
 
-from jaxnet import checkpoint  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # The best preset before this ablation (the answer of scripts/search.py), spelled out so
 # that the rows stay what they were whatever --preset best becomes.
@@ -66,7 +65,7 @@ def run_row(name: str, flags: list, out: Path, train_args: list) -> dict:
     command = [sys.executable, str(REPO / "scripts" / "train.py"), "--preset", "best",
                "--eval-test", *flags, *train_args, "--out", str(folder)]
     command_s = None
-    if not (folder / checkpoint.MARKER).exists():
+    if not (folder / saved_model.MARKER).exists():
         resumed = (folder / "checkpoint").is_dir()
         if resumed:   # an interrupted row continues; its command time is then partial
             command = command[:2] + ["--resume", str(folder)]

@@ -52,14 +52,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxnet import cli, preprocess, reference, runs, solver, sweep  # noqa: E402
-from jaxnet.arrays import aligned_empty  # noqa: E402
-from jaxnet.solver import TrainConfig  # noqa: E402
+from jaxnet import loop, preprocess, reference, runs, solver, sweep
+from jaxnet.arrays import aligned_empty
+from jaxnet.commands import cli
+from jaxnet.config import PRESETS, PRESET_PREPROCESS, TrainConfig
 
 SECTIONS = ("peak", "single", "grid", "rss", "sweep", "accuracy", "preset")
 DEFAULT_SECTIONS = ("peak", "single", "grid", "rss")
@@ -133,7 +132,7 @@ def timed(fn):
 
 def clear_jax_caches():
     """Forget every compiled program, as in a fresh process."""
-    solver.COMPILED.clear()
+    loop.COMPILED.clear()
     jax.clear_caches()
 
 
@@ -506,11 +505,11 @@ def accuracy_costs(name: str, out: dict) -> dict:
 def bench_preset(sizes: Sizes, dataset: dict, device, quick: bool, say) -> dict:
     """The best preset (standardized inputs) trained in float32 and in mixed precision:
     best validation and whole-test accuracy, and the training time of each."""
-    config = solver.PRESETS["best"]
+    config = PRESETS["best"]
     if quick:
         config = dataclasses.replace(config, hidden_size=sizes.hidden,
                                      num_iters=sizes.single_iters)
-    transform = preprocess.fit(solver.PRESET_PREPROCESS["best"], dataset["X_train"])
+    transform = preprocess.fit(PRESET_PREPROCESS["best"], dataset["X_train"])
     preprocessed = preprocess.apply_to_splits(dataset, transform)
     out = {}
     float32 = dataclasses.replace(config, compute_dtype="float32")

@@ -31,19 +31,16 @@ Examples:
   python scripts/bench_parts.py --json parts.json --repeats 15
   python scripts/bench_parts.py --quick          # harness check, seconds
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bench import QUICK, Sizes, bench_peak, machine_info, median, timed  # noqa: E402
-from jaxnet import cli, runs  # noqa: E402
-from jaxnet.arrays import aligned_empty  # noqa: E402
+from bench import QUICK, Sizes, bench_peak, machine_info, median, timed
+from jaxnet import runs
+from jaxnet.arrays import aligned_empty
+from jaxnet.commands import cli
 
 SHAPES = {"N": 49000, "D": 3072, "H": 50, "B": 200}
 QUICK_SHAPES = {"N": 600, "D": 96, "H": 8, "B": 20}

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxnet import solver
+from jaxnet import kernels
 from jaxnet.arrays import ALIGNMENT, aligned_array, aligned_empty, is_aligned
 from jaxnet.data import get_CIFAR10_data
 
@@ -37,11 +37,11 @@ def test_loaded_splits_are_aligned_and_training_uses_them_in_place(cifar_fixture
     data = get_CIFAR10_data(cifar_fixture, num_training=150, num_validation=50, num_test=40)
     for name in ("X_train", "X_val", "X_test"):
         assert is_aligned(data[name]), name
-    on_device = solver.device_array(data["X_train"], np.float32, jax.devices("cpu")[0])
+    on_device = kernels.device_array(data["X_train"], np.float32, jax.devices("cpu")[0])
     assert on_device.unsafe_buffer_pointer() == data["X_train"].ctypes.data
     unaligned = aligned_empty((150 * 3072 + 1,), np.float32)[1:].reshape(150, 3072)
     unaligned[:] = data["X_train"]
     assert not is_aligned(unaligned)
-    copied = solver.device_array(unaligned, np.float32, jax.devices("cpu")[0])
+    copied = kernels.device_array(unaligned, np.float32, jax.devices("cpu")[0])
     assert copied.unsafe_buffer_pointer() != unaligned.ctypes.data
     np.testing.assert_array_equal(np.asarray(copied), unaligned)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnet import augment, model, solver
+from jaxnet import augment, model, step
+from jaxnet.config import TrainConfig
 
 
 def constant_hidden_params(D=8, H=400):
@@ -31,10 +32,10 @@ def test_scores_are_deterministic_without_dropout():
 
 @pytest.mark.parametrize("rate", [0.3, 0.5])
 def test_training_dropout_rate_and_inverted_scaling(rate):
-    config = solver.TrainConfig(dropout=rate)
+    config = TrainConfig(dropout=rate)
     params = constant_hidden_params()
     X = jnp.zeros((250, 8))
-    h = np.asarray(solver.training_scores(config, hp(rate), params, X, jax.random.key(1)))
+    h = np.asarray(step.training_scores(config, hp(rate), params, X, jax.random.key(1)))
     n = h.size                                        # 100,000 Bernoulli draws
     dropped = np.mean(h == 0)
     # 6 standard deviations of a binomial proportion: a false failure is ~1e-9 likely.
@@ -46,15 +47,15 @@ def test_training_dropout_rate_and_inverted_scaling(rate):
 
 def test_dropout_masks_differ_by_row_and_key_and_average_to_evaluation_scores():
     rate = 0.5
-    config = solver.TrainConfig(dropout=rate)
+    config = TrainConfig(dropout=rate)
     params = model.init_params(jax.random.key(2), 12, 64, 4, std=0.3)
     X = jnp.asarray(np.random.RandomState(3).randn(5, 12), jnp.float32)
     copies = 1000                    # every row of the tiled batch draws its own mask
-    runs = np.asarray(solver.training_scores(config, hp(rate), params, jnp.tile(X, (copies, 1)),
+    runs = np.asarray(step.training_scores(config, hp(rate), params, jnp.tile(X, (copies, 1)),
                                              jax.random.key(6))).reshape(copies, *X.shape[:1], -1)
     assert not np.allclose(runs[0], runs[1])        # rows under one key draw their own masks
     # The same key draws the same masks; another key draws others.
-    first, again, other = (np.asarray(solver.training_scores(config, hp(rate), params, X,
+    first, again, other = (np.asarray(step.training_scores(config, hp(rate), params, X,
                                                              jax.random.key(k)))
                            for k in (6, 6, 7))
     np.testing.assert_array_equal(again, first)
@@ -66,11 +67,11 @@ def test_dropout_masks_differ_by_row_and_key_and_average_to_evaluation_scores():
 
 
 def test_no_dropout_config_trains_on_evaluation_scores():
-    config = solver.TrainConfig(dropout=0.0)
+    config = TrainConfig(dropout=0.0)
     params = model.init_params(jax.random.key(4), 48, 10, 3, std=1e-1)
     X = jnp.asarray(np.random.RandomState(5).randn(6, 48), jnp.float32)
     np.testing.assert_array_equal(
-        np.asarray(solver.training_scores(config, hp(0.0), params, X, jax.random.key(0))),
+        np.asarray(step.training_scores(config, hp(0.0), params, X, jax.random.key(0))),
         np.asarray(model.scores(params, X)))
 
 

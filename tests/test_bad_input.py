@@ -5,7 +5,6 @@ Most cases are checked on the functions the commands call; the subprocess runs p
 one-line contract of each command and fail before any training, so they stay fast.
 """
 import argparse
-import importlib.util
 import io
 import json
 import os
@@ -24,8 +23,11 @@ from PIL import Image
 
 from cifar_format import write_cifar10
 from conftest import REPO
-from jaxnet import cli, data, preprocess, runs, search, solver
-from jaxnet.checkpoint import MARKER, load_checkpoint, save_checkpoint
+from jaxnet import data, download, preprocess, runs, search, solver
+from jaxnet.config import TrainConfig
+from jaxnet.saved_model import MARKER, load_model, save_model
+from jaxnet.commands import cli
+from jaxnet.commands import sweep as sweep_command
 from jaxnet.validate import MAX_CLASSES, npz_headers
 
 CPU = jax.devices("cpu")[0]
@@ -45,14 +47,6 @@ def one_error_line(proc, message):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and message in lines[0], proc.stderr
-
-
-def load_script(name):
-    """A module of scripts/ (for its parsers), imported without running main."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def splits(rng, n, d=12, classes=3):
@@ -250,20 +244,20 @@ def test_memory_estimate_refuses_runs_beyond_the_device_and_the_budget():
     rng = np.random.RandomState(0)
     (X, y), (Xv, yv) = splits(rng, 50, d=3072, classes=10), splits(rng, 10, d=3072, classes=10)
     dataset = {"X_train": X, "y_train": y, "X_val": Xv, "y_val": yv}
-    ok = solver.TrainConfig(hidden_size=50, num_iters=100)
+    ok = TrainConfig(hidden_size=50, num_iters=100)
     runs.check_memory(ok, 1, dataset, CPU)
     # Steps and row indices are int32 in compiled code.
     with pytest.raises(ValueError, match=r"num_iters must be an integer in \[1, 2\*\*31\)"):
-        solver.TrainConfig(num_iters=2**31).validate()
-    for config in (solver.TrainConfig(hidden_size=10**7), solver.TrainConfig(num_iters=10**9),
-                   solver.TrainConfig(batch_size=10**9)):
+        TrainConfig(num_iters=2**31).validate()
+    for config in (TrainConfig(hidden_size=10**7), TrainConfig(num_iters=10**9),
+                   TrainConfig(batch_size=10**9)):
         with pytest.raises(ValueError, match=r"needs about [0-9.]+ GiB .* more than the "
                                              r"[0-9.]+ GiB this device has"):
             runs.check_memory(config, 1, dataset, CPU)
     with pytest.raises(ValueError, match=r"more than the 0.0 GiB of --max-memory"):
         runs.check_memory(ok, 1, dataset, CPU, max_memory=1000)
     # A group of runs that together exceed the device needs --max-memory (chunks).
-    wide = solver.TrainConfig(hidden_size=4000, num_iters=10)
+    wide = TrainConfig(hidden_size=4000, num_iters=10)
     one_gib = 3072 * 4000 * 4 * 3 / GIB
     many = int(runs.device_memory(CPU) / GIB / one_gib) + 2
     with pytest.raises(ValueError, match=f"the {many} configs of .* give --max-memory MB"):
@@ -300,7 +294,7 @@ def test_class_count_is_bounded_and_checked_before_any_cast(tmp_path):
 
 def test_forged_npz_headers_are_refused_before_reading(tmp_path, npz, monkeypatch):
     params, _ = small_run()
-    save_checkpoint(tmp_path / "p.npz", params)
+    save_model(tmp_path / "p.npz", params)
     forge_npy_shape(tmp_path / "p.npz", "W1.npy", (3072, 10**9))
     forge_npy_shape(npz, "X_train.npy", (3072, 10**9))
 
@@ -310,7 +304,7 @@ def test_forged_npz_headers_are_refused_before_reading(tmp_path, npz, monkeypatc
     with pytest.raises(ValueError, match=r"array 'W1' declares shape \(3072, 1000000000\) of "
                                          r"float64 \(24,576,000,000,000 bytes\) but its member "
                                          r"holds 384: truncated or forged"):
-        load_checkpoint(tmp_path / "p.npz")
+        load_model(tmp_path / "p.npz")
     with pytest.raises(ValueError, match=r"d.npz is not a readable .npz.*declares shape"):
         data.load_npz(npz)
 
@@ -325,7 +319,7 @@ def test_zip_bomb_of_the_wrong_shape_is_refused_before_it_is_inflated(tmp_path, 
     assert headers["W2"][0] == (4, 1500000)
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("inflated"))
     with pytest.raises(ValueError, match=r"bomb.npz: params shapes do not fit together"):
-        load_checkpoint(tmp_path / "bomb.npz")
+        load_model(tmp_path / "bomb.npz")
     rng = np.random.RandomState(0)
     (X, _), (Xv, yv) = splits(rng, 20), splits(rng, 10)
     np.savez_compressed(tmp_path / "data.npz", X_train=X, y_train=np.zeros(10**7, np.int64),
@@ -358,9 +352,9 @@ def test_archive_errors_are_one_line(tmp_path):
     # A file that is no archive at all, with its own (matching) md5.
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not an archive\n" * 100)
-    md5 = data._md5_of_file(junk)
-    with pytest.raises(data.DownloadError) as info:
-        data.download_cifar10(tmp_path / "root", url=junk.as_uri(), md5=md5)
+    md5 = download._md5_of_file(junk)
+    with pytest.raises(download.DownloadError) as info:
+        download.download_cifar10(tmp_path / "root", url=junk.as_uri(), md5=md5)
     assert "is not a readable .tar.gz archive" in str(info.value)
     assert "\n" not in str(info.value)
     # Members that clash: one name as a file, then as a folder.
@@ -370,15 +364,15 @@ def test_archive_errors_are_one_line(tmp_path):
             member = tarfile.TarInfo(name)
             member.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
             tar.addfile(member, io.BytesIO(b""))
-    with pytest.raises(data.DownloadError, match=r"member 'cifar-10-batches-py/x' clashes with "
+    with pytest.raises(download.DownloadError, match=r"member 'cifar-10-batches-py/x' clashes with "
                                                  r"another member"):
-        data.download_cifar10(tmp_path / "root", url=archive.as_uri(),
-                              md5=data._md5_of_file(archive))
+        download.download_cifar10(tmp_path / "root", url=archive.as_uri(),
+                              md5=download._md5_of_file(archive))
     assert not (tmp_path / "root").exists()
     # A root that is a file.
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ValueError, match=r"afile is a file, not a folder"):
-        data.download_cifar10(tmp_path / "afile", url=archive.as_uri(), md5="0" * 32)
+        download.download_cifar10(tmp_path / "afile", url=archive.as_uri(), md5="0" * 32)
 
 
 def test_truncated_batch_is_found_and_replaced_by_get_cifar10(tmp_path):
@@ -387,12 +381,12 @@ def test_truncated_batch_is_found_and_replaced_by_get_cifar10(tmp_path):
     batch = root / "cifar-10-batches-py" / "data_batch_1"
     intact = batch.read_bytes()
     batch.write_bytes(intact[:len(intact) // 2])
-    assert data.cifar10_present(root) and not data.cifar10_present(root, thorough=True)
+    assert download.cifar10_present(root) and not download.cifar10_present(root, thorough=True)
     with pytest.raises(ValueError, match=r"data_batch_1 is not a readable CIFAR-10 batch.*"
                                          r"get_cifar10.py"):
         data.load_CIFAR10(root)
     # The command the message names now repairs the folder from the verified archive.
-    md5 = data._md5_of_file(root / "cifar-10-python.tar.gz")
+    md5 = download._md5_of_file(root / "cifar-10-python.tar.gz")
     proc = run_script("get_cifar10.py", "--root", root, "--url",
                       (root / "cifar-10-python.tar.gz").as_uri(), "--md5", md5)
     assert proc.returncode == 0 and "already present" not in proc.stdout, proc.stdout
@@ -411,7 +405,7 @@ def test_bench_json_is_checked_before_the_benchmark(tmp_path):
 
 def test_non_npz_files_are_named_without_numpy_hints(tmp_path):
     (tmp_path / "notes.npz").write_text("just text\n")
-    for load in (data.load_npz, load_checkpoint):
+    for load in (data.load_npz, load_model):
         with pytest.raises(ValueError) as info:
             load(tmp_path / "notes.npz")
         assert "allow_pickle" not in str(info.value)
@@ -421,19 +415,18 @@ def test_non_npz_files_are_named_without_numpy_hints(tmp_path):
 # ----------------------------------------------------------------------------- flags
 
 def test_sweep_and_search_flag_parsing():
-    sweep_script = load_script("sweep")
-    fields = {f.name: f for f in solver.dataclasses.fields(solver.TrainConfig)}
+    fields = {f.name: f for f in solver.dataclasses.fields(TrainConfig)}
     for text in (",", "", " , "):
         with pytest.raises(ValueError, match=r"--learning-rate: no values in"):
-            sweep_script.parse_list(fields["learning_rate"], text)
+            sweep_command.parse_list(fields["learning_rate"], text)
     with pytest.raises(ValueError, match=r"--flip: cannot parse '0,2' \(expected 1/0"):
-        sweep_script.parse_list(fields["flip"], "0,2")
+        sweep_command.parse_list(fields["flip"], "0,2")
     with pytest.raises(ValueError, match=r"--seed: cannot parse '-1' \(must be an integer in"):
-        sweep_script.parse_list(fields["seed"], "-1")
+        sweep_command.parse_list(fields["seed"], "-1")
     for name, text in (("reg", "1:inf"), ("learning_rate", "1e-3:inf"), ("translate", "0:inf"),
                        ("dropout", "nan:0.5")):
         with pytest.raises(ValueError, match="LOW and HIGH must be finite numbers"):
-            search.parse_range(name, text, "uniform")
+            cli.parse_range(name, text, "uniform")
     with pytest.raises(argparse.ArgumentTypeError):
         cli.positive_float("inf")
     with pytest.raises(argparse.ArgumentTypeError):
@@ -480,7 +473,7 @@ def cifar_checkpoint(path, **change):
     params["W2"] = np.random.RandomState(0).randn(4, 10).astype(np.float32)
     params["b2"] = np.zeros(10, np.float32)
     params.update(change)
-    save_checkpoint(path, params, extra={"mean_image": np.zeros(3072, np.float32)})
+    save_model(path, params, extra={"mean_image": np.zeros(3072, np.float32)})
     return path
 
 
@@ -498,12 +491,12 @@ def test_predict_refuses_nan_complex_npz_models_and_decompression_bombs(tmp_path
     with pytest.raises(ValueError, match=r"nan.npz: b1 hold NaN or infinite values"):
         preprocess.load_classifier(nan)
     params, _ = small_run(features=3072)
-    save_checkpoint(tmp_path / "complex.npz", {**params, "W1": params["W1"] + 0j},
+    save_model(tmp_path / "complex.npz", {**params, "W1": params["W1"] + 0j},
                     extra={"mean_image": np.zeros(3072)})
     with pytest.raises(ValueError, match=r"params W1 must hold real numbers; got dtype complex"):
         preprocess.load_classifier(tmp_path / "complex.npz")
     npz_model, _ = small_run(features=12)
-    save_checkpoint(tmp_path / "rows.npz", npz_model)
+    save_model(tmp_path / "rows.npz", npz_model)
     with pytest.raises(ValueError, match=r"trained on an .npz of 12-feature rows \(--data\)"):
         preprocess.load_classifier(tmp_path / "rows.npz")
 

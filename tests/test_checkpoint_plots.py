@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxnet import checkpoint
-from jaxnet.checkpoint import load_checkpoint, save_checkpoint
+from jaxnet import files, saved_model
+from jaxnet.saved_model import load_model, save_model
 from jaxnet.plots import most_varied, plot_heatmap, plot_history, plot_weights, visualize_grid
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,11 +33,11 @@ def test_checkpoint_round_trip(tmp_path, dtype):
                "val_acc_history": [0.125, 0.375]}
     extra = {"mean_image": np.arange(12, dtype=np.float32) / 7, "kind": np.array("pca"),
              "counts": np.array([[1, 2], [3, 4]], np.int64)}
-    path = save_checkpoint(tmp_path / "sub" / "ckpt.npz", params, config, history, extra)
+    path = save_model(tmp_path / "sub" / "ckpt.npz", params, config, history, extra)
     assert path == tmp_path / "sub" / "ckpt.npz"
     assert files_in(tmp_path / "sub") == ["ckpt.npz"]  # no temporary file left beside it
 
-    loaded = load_checkpoint(path, input_size=12)
+    loaded = load_model(path, input_size=12)
     assert set(loaded.params) == {"W1", "b1", "W2", "b2"}
     for name, value in params.items():
         assert loaded.params[name].dtype == dtype
@@ -51,19 +51,19 @@ def test_checkpoint_round_trip(tmp_path, dtype):
     np.testing.assert_array_equal(loaded.extra["counts"], extra["counts"])
     # A plain npz: readable without jaxnet and without pickles.
     with np.load(path, allow_pickle=False) as raw:
-        assert json.loads(str(raw["meta"]))["format"] == checkpoint.FORMAT
+        assert json.loads(str(raw["meta"]))["format"] == saved_model.FORMAT
 
 
 def test_checkpoint_defaults_numpy_values_and_overwrite(tmp_path):
     path = tmp_path / "ckpt.npz"
-    save_checkpoint(path, make_params(seed=1))
-    loaded = load_checkpoint(path)
+    save_model(path, make_params(seed=1))
+    loaded = load_model(path)
     assert loaded.config == {} and loaded.history == {} and loaded.extra == {}
     # Histories of numpy scalars (e.g. float32 losses of the numpy reference) are fine.
     history = {"loss_history": [np.float32(0.5), np.float64(0.25)], "n": np.int64(3),
                "acc": np.array([0.5, 0.75])}
-    save_checkpoint(path, make_params(seed=2), history=history)
-    loaded = load_checkpoint(path)
+    save_model(path, make_params(seed=2), history=history)
+    loaded = load_model(path)
     assert loaded.history == {"loss_history": [0.5, 0.25], "n": 3, "acc": [0.5, 0.75]}
     np.testing.assert_array_equal(loaded.params["W1"], make_params(seed=2)["W1"])
     assert files_in(tmp_path) == ["ckpt.npz"]
@@ -72,7 +72,7 @@ def test_checkpoint_defaults_numpy_values_and_overwrite(tmp_path):
 def test_saved_files_get_ordinary_permissions(tmp_path):
     old = os.umask(0o022)
     try:
-        save_checkpoint(tmp_path / "ckpt.npz", make_params())
+        save_model(tmp_path / "ckpt.npz", make_params())
         plot_history({"loss_history": [1.0, 0.5], "train_acc_history": [0.1],
                       "val_acc_history": [0.2]}, tmp_path / "h.png")
     finally:
@@ -86,7 +86,7 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
 
 @pytest.fixture
 def saved(tmp_path):
-    path = save_checkpoint(tmp_path / "good.npz", make_params(), {"a": 1}, {"loss_history": [1.0]})
+    path = save_model(tmp_path / "good.npz", make_params(), {"a": 1}, {"loss_history": [1.0]})
     return path, path.read_bytes()
 
 
@@ -96,7 +96,7 @@ def test_truncated_checkpoint(tmp_path, saved, cut):
     bad = tmp_path / "truncated.npz"
     bad.write_bytes(raw[:len(raw) - 1] if cut == -1 else raw[:int(len(raw) * cut)])
     with pytest.raises(ValueError, match=r"truncated.npz is not a readable jaxnet checkpoint"):
-        load_checkpoint(bad)
+        load_model(bad)
 
 
 def test_corrupted_checkpoint(tmp_path, saved):
@@ -106,35 +106,35 @@ def test_corrupted_checkpoint(tmp_path, saved):
     bad = tmp_path / "corrupted.npz"
     bad.write_bytes(bytes(corrupted))
     with pytest.raises(ValueError, match=r"corrupted.npz is not a readable jaxnet checkpoint"):
-        load_checkpoint(bad)
+        load_model(bad)
 
 
 def test_files_that_are_not_npz(tmp_path):
     text = tmp_path / "notes.npz"
     text.write_text("these are not the weights you are looking for\n")
     with pytest.raises(ValueError, match=r"notes.npz is not a readable jaxnet checkpoint.*npz"):
-        load_checkpoint(text)
+        load_model(text)
     npy = tmp_path / "array.npz"
     with open(npy, "wb") as f:
         np.save(f, np.arange(5.0))
     with pytest.raises(ValueError, match=r"array.npz is not a readable jaxnet checkpoint"):
-        load_checkpoint(npy)
+        load_model(npy)
     with pytest.raises(FileNotFoundError, match="missing.npz"):
-        load_checkpoint(tmp_path / "missing.npz")
+        load_model(tmp_path / "missing.npz")
     with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path)  # a folder
+        load_model(tmp_path)  # a folder
 
 
 def test_npz_missing_w2(tmp_path):
     params = make_params()
     del params["W2"]
     path = tmp_path / "nw2.npz"
-    np.savez(path, meta=np.array(json.dumps({"format": checkpoint.FORMAT})), **params)
+    np.savez(path, meta=np.array(json.dumps({"format": saved_model.FORMAT})), **params)
     with pytest.raises(ValueError, match=r"not a jaxnet checkpoint: missing W2$"):
-        load_checkpoint(path)
+        load_model(path)
     np.savez(path, **make_params())
     with pytest.raises(ValueError, match=r"missing meta"):
-        load_checkpoint(path)
+        load_model(path)
 
 
 @pytest.mark.parametrize("meta, message", [
@@ -147,13 +147,13 @@ def test_bad_metadata(tmp_path, meta, message):
     path = tmp_path / "meta.npz"
     np.savez(path, meta=np.array(meta), **make_params())
     with pytest.raises(ValueError, match=message):
-        load_checkpoint(path)
+        load_model(path)
 
 
 def test_metadata_without_config_or_history_loads(tmp_path):
     path = tmp_path / "bare.npz"
-    np.savez(path, meta=np.array(json.dumps({"format": checkpoint.FORMAT})), **make_params())
-    loaded = load_checkpoint(path)
+    np.savez(path, meta=np.array(json.dumps({"format": saved_model.FORMAT})), **make_params())
+    loaded = load_model(path)
     assert loaded.config == {} and loaded.history == {}
 
 
@@ -167,37 +167,37 @@ def test_metadata_without_config_or_history_loads(tmp_path):
 def test_mismatched_params(tmp_path, change, message):
     path = tmp_path / "shapes.npz"
     params = {**make_params(), **change}
-    np.savez(path, meta=np.array(json.dumps({"format": checkpoint.FORMAT})), **params)
+    np.savez(path, meta=np.array(json.dumps({"format": saved_model.FORMAT})), **params)
     with pytest.raises(ValueError, match=r"shapes.npz: " + message):
-        load_checkpoint(path)
+        load_model(path)
 
 
 def test_input_size_mismatch(saved):
     path, _ = saved
     with pytest.raises(ValueError, match=r"good.npz: params expect 12 input features, got 3072"):
-        load_checkpoint(path, input_size=3072)
-    assert load_checkpoint(path, input_size=12).params["W1"].shape == (12, 4)
+        load_model(path, input_size=3072)
+    assert load_model(path, input_size=12).params["W1"].shape == (12, 4)
 
 
 # ----------------------------------------------------------------------------- failed saves
 
 def test_unconvertible_extra_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"extra/transform cannot be saved"):
-        save_checkpoint(tmp_path / "c.npz", make_params(), extra={"transform": {"a": 1}})
+        save_model(tmp_path / "c.npz", make_params(), extra={"transform": {"a": 1}})
     with pytest.raises(ValueError, match=r"extra/ragged cannot be saved"):
-        save_checkpoint(tmp_path / "c.npz", make_params(),
+        save_model(tmp_path / "c.npz", make_params(),
                         extra={"ragged": np.array([np.zeros(2), np.zeros(3)], dtype=object)})
     with pytest.raises(ValueError, match=r"JSON"):
-        save_checkpoint(tmp_path / "c.npz", make_params(), config={"fn": print})
+        save_model(tmp_path / "c.npz", make_params(), config={"fn": print})
     with pytest.raises(ValueError, match="params is missing"):
-        save_checkpoint(tmp_path / "c.npz", {"W1": np.zeros((2, 2))})
+        save_model(tmp_path / "c.npz", {"W1": np.zeros((2, 2))})
     assert files_in(tmp_path) == []
 
 
 def test_failure_while_writing_leaves_no_temp_file_and_keeps_the_old_checkpoint(
         tmp_path, monkeypatch):
     path = tmp_path / "c.npz"
-    save_checkpoint(path, make_params(seed=1))
+    save_model(path, make_params(seed=1))
     old_bytes = path.read_bytes()
 
     def broken_savez(file, *args, **kwargs):
@@ -206,9 +206,9 @@ def test_failure_while_writing_leaves_no_temp_file_and_keeps_the_old_checkpoint(
 
     monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, make_params(seed=2))
+        save_model(path, make_params(seed=2))
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path / "new.npz", make_params(seed=2))
+        save_model(tmp_path / "new.npz", make_params(seed=2))
     assert files_in(tmp_path) == ["c.npz"]
     assert path.read_bytes() == old_bytes
 
@@ -219,7 +219,7 @@ def test_interrupted_write_is_cleaned_up(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_write(tmp_path / "out.bin", write)
+        files.atomic_write(tmp_path / "out.bin", write)
     assert files_in(tmp_path) == []
 
 

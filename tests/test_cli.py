@@ -1,7 +1,7 @@
 """The shared command-line plumbing: help defaults and one-line errors."""
 import pytest
 
-from jaxnet import cli
+from jaxnet.commands import cli
 
 
 def test_help_shows_zero_defaults_but_not_unset_or_false_ones():

@@ -1,5 +1,5 @@
-"""jaxnet.data on files in the official format: download and safe extraction, loading,
-preprocessing, .npz."""
+"""jaxnet.download and jaxnet.data on files in the official format: download and safe
+extraction, loading, preprocessing, .npz."""
 import hashlib
 import http.server
 import io
@@ -19,8 +19,8 @@ import pytest
 
 from cifar_format import write_cifar10
 from conftest import REPO
-from jaxnet.data import (DownloadError, download_cifar10, get_CIFAR10_data, load_CIFAR10,
-                         load_npz)
+from jaxnet.data import get_CIFAR10_data, load_CIFAR10, load_npz
+from jaxnet.download import DownloadError, download_cifar10
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"

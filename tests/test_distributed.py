@@ -6,7 +6,6 @@ collectives), as the README's one-machine form does, and compares them with a
 params. A killed process, mismatched data and bad flags must each end every
 process quickly with one clear line.
 """
-import importlib.util
 import json
 import os
 import re
@@ -21,7 +20,8 @@ import pytest
 
 from conftest import REPO
 from jaxnet import data, search, sweep
-from jaxnet.solver import TrainConfig
+from jaxnet.commands import search as search_command
+from jaxnet.config import TrainConfig
 
 HIDDEN, RATES = (20, 30), (1e-3, 3e-3, 1e-2)  # 2 groups of 3 configs: not a multiple of 2
 GRID = ["--hidden-size", "20,30", "--learning-rate", "1e-3,3e-3,1e-2", "--reg", "0.1",
@@ -190,10 +190,10 @@ JOB = """
 import argparse, sys
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxnet import distributed
+from jaxnet import distributed, program_sharing
 coordinator, process_id, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if case == "other cpu" and process_id == 1:
-    distributed.cpu_signature = lambda: bytes(32)  # as if its host had other CPUs
+    program_sharing.cpu_signature = lambda: bytes(32)  # as if its host had other CPUs
 told = None if case == "mpirun" else process_id  # mpirun tells the count and the rank
 distributed.join(argparse.Namespace(
     coordinator=coordinator, num_processes=None if told is None else 2, process_id=told,
@@ -283,10 +283,7 @@ def test_two_process_search_equals_one_process(tmp_path):
     assert same_lines(ended[0][1], ended[1][1]) and "answer: " in ended[0][1]
     summary = json.loads((out / "summary.json").read_text())
     # The same search in this process, from the same flags.
-    spec = importlib.util.spec_from_file_location("search_script", REPO / "scripts" / "search.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    plan = script.make_plan(script.build_parser().parse_args(SEARCH))
+    plan = search_command.make_plan(search_command.build_parser().parse_args(SEARCH))
     ref = search.run_search(plan, data.load_npz(images), tmp_path / "ref", num_test=50)
     assert summary["best"]["config"] == ref["best"]["config"]
     for name, value in ref["best"]["metrics"].items():

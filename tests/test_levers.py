@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import numpy_rules
-from jaxnet import reference, solver, sweep
-from jaxnet.solver import TrainConfig
+from jaxnet import augment, loop, reference, solver, sweep
+from jaxnet.config import TrainConfig
 
 N, D, H, C, B, T = 20, 6, 5, 3, 4, 12   # validated after steps 0, 5, 10 and 11
 
@@ -33,7 +33,7 @@ def base_config(**changes) -> TrainConfig:
 
 
 def first_step_key(config: TrainConfig) -> jax.Array:
-    """The key of step 0 of the training loop (solver.make_chunk_fn)."""
+    """The key of step 0 of the training loop, written out (jaxnet.step.step_key)."""
     return jax.random.fold_in(jax.random.key(config.seed), 0)
 
 
@@ -76,8 +76,8 @@ def test_mixup_blends_rows_and_losses_with_one_beta_weight_per_step():
     config = base_config(mixup=0.4)
     result = solver.train(X, y, X, y, config, params=params, batches=batches)
     with jax.enable_x64(True):   # drawn in the run's precision
-        lam, partners = solver.mixup_partners(
-            jax.random.fold_in(first_step_key(config), solver.MIXUP_STREAM), np.float64(0.4), B)
+        lam, partners = augment.mixup_partners(
+            jax.random.fold_in(first_step_key(config), augment.MIXUP_STREAM), np.float64(0.4), B)
     lam, partners = float(lam), np.asarray(partners)
     assert 0 < lam < 1 and sorted(partners) == list(range(B))
     Xb, yb = X[batches[0]], y[batches[0]]
@@ -94,7 +94,7 @@ def test_mixup_weights_follow_beta_alpha_alpha(alpha, share_near_the_ends):
     """lam ~ Beta(alpha, alpha): mean 1/2; a small alpha puts most draws near 0 or 1, a
     large one near 1/2. Partners are a fresh permutation each step."""
     keys = jax.random.split(jax.random.key(0), 2000)
-    lams, partners = jax.vmap(lambda k: solver.mixup_partners(k, alpha, 8))(keys)
+    lams, partners = jax.vmap(lambda k: augment.mixup_partners(k, alpha, 8))(keys)
     lams = np.asarray(lams)
     assert abs(lams.mean() - 0.5) < 0.03
     near_ends = np.mean((lams < 0.1) | (lams > 0.9))
@@ -115,7 +115,7 @@ def test_ema_validates_chooses_and_saves_the_moving_average():
     # The last step's params are the optimizer's; the model is the average.
     for name in params:
         np.testing.assert_allclose(result.params[name], final[name], rtol=1e-9, atol=1e-12)
-    validated = np.flatnonzero(solver.make_schedule(N, B, T).validate)
+    validated = np.flatnonzero(loop.make_schedule(N, B, T).validate)
     hits = [np.sum(reference.predict(averages[t], X) == y) for t in validated]
     assert result.history["val_acc_history"] == pytest.approx(
         [h / N for h in hits[:3]], abs=0)     # epoch ends: steps 0, 5, 10

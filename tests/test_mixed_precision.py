@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnet import gradcheck, model, search, solver, sweep
-from jaxnet.checkpoint import load_checkpoint
+from jaxnet import gradcheck, kernels, model, search, solver, step, sweep
+from jaxnet.saved_model import load_model
 from jaxnet.data import get_CIFAR10_data
-from jaxnet.solver import TrainConfig
+from jaxnet.config import COMPUTE_DTYPES, PRESETS, TrainConfig
 from conftest import REPO
 
 D, H, C, N = 3072, 50, 10, 200
@@ -56,7 +56,7 @@ def case():
 def mixed_loss_and_grads(params, X, y):
     """The training loop's loss (reg 0, no dropout) and gradients, W1 given as (D, H)."""
     def loss(params):
-        scores = solver.training_scores(MIXED, MIXED.hyperparams(), params, X,
+        scores = step.training_scores(MIXED, MIXED.hyperparams(), params, X,
                                         jax.random.key(0), w1_transposed=True)
         return model.cross_entropy(scores, y)
 
@@ -73,7 +73,7 @@ def test_pre_activations_stay_within_the_bfloat16_bound(case):
     W = params["W1"].T
     with jax.enable_x64(True):
         exact = np.asarray(jnp.asarray(W) @ jnp.asarray(X).T)
-    mixed = np.asarray(solver.bfloat16_product(jnp.asarray(W, jnp.float32),
+    mixed = np.asarray(kernels.bfloat16_product(jnp.asarray(W, jnp.float32),
                                                jnp.asarray(X, jnp.float32)), np.float64)
     assert mixed.shape == (H, N)
     error = np.abs(mixed - exact)
@@ -197,7 +197,7 @@ def test_mixed_train_script_saves_float32_params(cifar_fixture, tmp_path):
          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "config.json").read_text())["compute_dtype"] == "bfloat16"
-    checkpoint = load_checkpoint(out / "params.npz")
+    checkpoint = load_model(out / "params.npz")
     assert checkpoint.config["compute_dtype"] == "bfloat16"
     assert {k: v.dtype for k, v in checkpoint.params.items()} == dict.fromkeys(
         ("W1", "b1", "W2", "b2"), np.float32)
@@ -205,11 +205,11 @@ def test_mixed_train_script_saves_float32_params(cifar_fixture, tmp_path):
 
 
 def test_search_command_repeats_the_precision():
-    for dtype in solver.COMPUTE_DTYPES:
-        config = dataclasses.replace(solver.PRESETS["best"], compute_dtype=dtype)
+    for dtype in COMPUTE_DTYPES:
+        config = dataclasses.replace(PRESETS["best"], compute_dtype=dtype)
         command = search.train_command(config, "standardize", search.SearchPlan())
         assert (f"--compute-dtype {dtype}" in command) == (
-            dtype != solver.PRESETS["best"].compute_dtype)
+            dtype != PRESETS["best"].compute_dtype)
 
 
 # ----------------------------------------------------------------------------- refused

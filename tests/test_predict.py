@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from jaxnet import model, preprocess, solver
-from jaxnet.checkpoint import save_checkpoint
+from jaxnet.config import TrainConfig
+from jaxnet.saved_model import save_model
 from jaxnet.data import get_CIFAR10_data
 from conftest import REPO
 
@@ -27,12 +28,12 @@ def trained(cifar_fixture, tmp_path_factory):
     d = get_CIFAR10_data(cifar_fixture, num_training=150, num_validation=50, num_test=12)
     transform = preprocess.fit_pca(d["X_train"], 40, whiten=True, eps=1.0)
     data = preprocess.apply_to_splits(d, transform)
-    config = solver.TrainConfig(hidden_size=16, num_iters=60, batch_size=50, optimizer="adam",
+    config = TrainConfig(hidden_size=16, num_iters=60, batch_size=50, optimizer="adam",
                                 learning_rate=1e-2, std=1e-2, reg=0.0)
     params = solver.train(data["X_train"], d["y_train"], data["X_val"], d["y_val"],
                           config).params
     path = tmp_path_factory.mktemp("model") / "params.npz"
-    save_checkpoint(path, params, {"hidden_size": 16},
+    save_model(path, params, {"hidden_size": 16},
                     extra={"mean_image": d["mean_image"], **transform.to_arrays()})
     folder = tmp_path_factory.mktemp("pngs")
     raw = np.rint(d["X_test"] + d["mean_image"]).astype(np.uint8).reshape(-1, 32, 32, 3)
@@ -104,18 +105,18 @@ def test_unreadable_image_is_one_line_exit_2(trained, tmp_path):
 def test_mismatched_checkpoint_is_one_line_exit_2(trained, tmp_path):
     path, files, _, _, params = trained
     wrong = tmp_path / "wrong.npz"          # W1 takes 40 inputs, the saved preprocessing none
-    save_checkpoint(wrong, params, extra={"mean_image": np.zeros(3072, np.float32)})
+    save_model(wrong, params, extra={"mean_image": np.zeros(3072, np.float32)})
     one_line_error(run_predict(wrong, files[0]), "W1 takes 40 inputs")
 
 
 def test_load_classifier_refuses_what_does_not_fit(trained, tmp_path):
     path, _, _, _, params = trained
     no_mean = tmp_path / "no_mean.npz"
-    save_checkpoint(no_mean, params)
+    save_model(no_mean, params)
     with pytest.raises(ValueError, match="no mean_image"):
         preprocess.load_classifier(no_mean)
     small = tmp_path / "small.npz"
-    save_checkpoint(small, params, extra={"mean_image": np.zeros(40, np.float32)})
+    save_model(small, params, extra={"mean_image": np.zeros(40, np.float32)})
     with pytest.raises(ValueError, match=r"needs \(3072,\)"):
         preprocess.load_classifier(small)
     with pytest.raises(ValueError, match="expected 4"):

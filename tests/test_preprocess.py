@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from jaxnet import preprocess, solver
-from jaxnet.checkpoint import load_checkpoint, save_checkpoint
+from jaxnet import preprocess, solver, step
+from jaxnet.config import TrainConfig
+from jaxnet.saved_model import load_model, save_model
 from jaxnet.data import get_CIFAR10_data
 from jaxnet.preprocess import Transform
 
@@ -110,8 +111,8 @@ def test_round_trip_through_checkpoint(tmp_path, fixture_data):
     for t in (preprocess.fit_standardize(X), preprocess.fit_pca(X, 30, whiten=True, eps=1.0),
               preprocess.fit_zca(X, 0.05)):
         extra = {"mean_image": fixture_data["mean_image"], **t.to_arrays()}
-        save_checkpoint(tmp_path / f"{t.kind}.npz", params, extra=extra)
-        loaded = Transform.from_arrays(load_checkpoint(tmp_path / f"{t.kind}.npz").extra)
+        save_model(tmp_path / f"{t.kind}.npz", params, extra=extra)
+        loaded = Transform.from_arrays(load_model(tmp_path / f"{t.kind}.npz").extra)
         assert loaded.kind == t.kind
         np.testing.assert_array_equal(loaded.apply(fixture_data["X_test"]),
                                       t.apply(fixture_data["X_test"]))
@@ -140,7 +141,7 @@ def test_invalid_transforms_are_refused(fixture_data):
 def test_training_with_input_transform_equals_training_on_transformed_rows(fixture_data):
     d = fixture_data
     t = preprocess.fit_pca(d["X_train"], 30, whiten=True, eps=1.0)
-    config = solver.TrainConfig(hidden_size=12, num_iters=20, batch_size=25, std=1e-2,
+    config = TrainConfig(hidden_size=12, num_iters=20, batch_size=25, std=1e-2,
                                 optimizer="adam", learning_rate=1e-3)
     inside = solver.train(d["X_train"], d["y_train"], d["X_val"], d["y_val"], config,
                           input_transform=(t.mean, t.matrix))
@@ -158,10 +159,10 @@ def test_input_transform_follows_augmentation(fixture_data):
     from jaxnet import augment, model
     t = preprocess.fit_pca(fixture_data["X_train"], 20)
     X = fixture_data["X_train"][:8]
-    config = solver.TrainConfig(flip=True, translate=2)
+    config = TrainConfig(flip=True, translate=2)
     params = model.init_params(jax.random.key(0), 20, 6, 10, std=0.1)
     key = jax.random.key(3)
-    got = solver.training_scores(config, {"dropout": 0.0}, params, X, key, (t.mean, t.matrix))
+    got = step.training_scores(config, {"dropout": 0.0}, params, X, key, (t.mean, t.matrix))
     augmented = augment.augment_rows(jax.random.split(key)[0], X, True, 2)
     expected = model.scores(params, t.apply(np.asarray(augmented)))
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-4)

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from jaxnet import cli, resume, search, solver, sweep
-from jaxnet.solver import TrainConfig
+from jaxnet import resume, search, solver, sweep
+from jaxnet.commands import cli
+from jaxnet.config import TrainConfig
 
 PARAMS = ("W1", "b1", "W2", "b2")
 

@@ -12,7 +12,7 @@ import pytest
 
 from jaxnet import preprocess, search, sweep
 from jaxnet.data import get_CIFAR10_data
-from jaxnet.solver import PRESETS, TrainConfig
+from jaxnet.config import PRESETS, TrainConfig
 from conftest import REPO
 
 SMALL = TrainConfig(hidden_size=8, num_iters=30, batch_size=25, std=1e-3)

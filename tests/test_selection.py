@@ -3,7 +3,7 @@ diverged sweep config is never the best, even when it led before it diverged."""
 import numpy as np
 
 from jaxnet import reference, solver, sweep
-from jaxnet.solver import TrainConfig
+from jaxnet.config import TrainConfig
 
 C, D = 3, 10
 

@@ -4,8 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxnet import TwoLayerNet, model, reference, solver
-from jaxnet.solver import TrainConfig
+from jaxnet import TwoLayerNet, loop, model, optim, reference, solver
+from jaxnet.config import TrainConfig
 from jaxnet.validate import check_features
 
 
@@ -109,7 +109,7 @@ def notebook_learning_rates(num_train, batch_size, num_iters, lr, decay):
 ])
 def test_step_schedule_matches_the_notebook_loop(num_train, batch_size, expected_ends):
     T, lr0, decay = 30, 0.5, 0.9
-    schedule = solver.make_schedule(num_train, batch_size, T)
+    schedule = loop.make_schedule(num_train, batch_size, T)
     ipe = max(num_train / batch_size, 1)
     np.testing.assert_array_equal(schedule.epoch_end, [it % ipe == 0 for it in range(T)])
     notebook_lrs, notebook_ends = notebook_learning_rates(num_train, batch_size, T, lr0, decay)
@@ -122,7 +122,7 @@ def test_step_schedule_matches_the_notebook_loop(num_train, batch_size, expected
     config = TrainConfig(num_iters=T, batch_size=batch_size, learning_rate=lr0,
                          learning_rate_decay=decay)
     with jax.enable_x64(True):
-        lrs = np.asarray(solver.learning_rates(config, config.hyperparams(), schedule))
+        lrs = np.asarray(optim.learning_rates(config, config.hyperparams(), schedule.decays_before))
     assert lrs.shape == (T,) and lrs.dtype == np.float64
     np.testing.assert_allclose(lrs, notebook_lrs, rtol=1e-12)
     np.testing.assert_allclose(lrs[0], lr0, rtol=1e-15)
@@ -136,22 +136,22 @@ def test_step_schedule_matches_the_notebook_loop(num_train, batch_size, expected
 def test_batches_are_the_notebooks_draws():
     rng = np.random.RandomState(11)
     expected = np.stack([rng.choice(50, 8) for _ in range(6)])
-    np.testing.assert_array_equal(solver.make_schedule(50, 8, 6, seed=11).batches, expected)
+    np.testing.assert_array_equal(loop.make_schedule(50, 8, 6, seed=11).batches, expected)
     np.random.seed(4)
-    drawn = solver.sample_batches(50, 8, 6)
+    drawn = loop.sample_batches(50, 8, 6)
     np.random.seed(4)
     np.testing.assert_array_equal(drawn, [np.random.choice(50, 8) for _ in range(6)])
     given = np.arange(48).reshape(6, 8)
-    np.testing.assert_array_equal(solver.make_schedule(50, 8, 6, batches=given).batches, given)
+    np.testing.assert_array_equal(loop.make_schedule(50, 8, 6, batches=given).batches, given)
 
 
 def test_cosine_schedule_with_warmup():
     T, warmup, lr0 = 50, 5, 0.2
     config = TrainConfig(num_iters=T, batch_size=10, learning_rate=lr0, schedule="cosine",
                          warmup_iters=warmup)
-    schedule = solver.make_schedule(100, 10, T)
+    schedule = loop.make_schedule(100, 10, T)
     with jax.enable_x64(True):
-        lrs = np.asarray(solver.learning_rates(config, config.hyperparams(), schedule))
+        lrs = np.asarray(optim.learning_rates(config, config.hyperparams(), schedule.decays_before))
     t = np.arange(T)
     progress = np.clip((t - warmup) / (T - warmup), 0, 1)
     expected = np.where(t < warmup, lr0 * (t + 1) / warmup, lr0 * 0.5 * (1 + np.cos(np.pi * progress)))
@@ -182,7 +182,7 @@ def test_histories_and_best_params():
     X, y, X_val, y_val = separable()
     config = TrainConfig(seed=3, **SMALL)  # N=200, B=32: epochs end at steps 0, 25, 50
     result = solver.train(X, y, X_val, y_val, config)
-    ends = solver.make_schedule(200, 32, 60).epoch_end
+    ends = loop.make_schedule(200, 32, 60).epoch_end
     assert np.flatnonzero(ends).tolist() == [0, 25, 50]
     assert len(result.history["loss_history"]) == 60
     assert len(result.history["val_acc_history"]) == len(result.history["train_acc_history"]) \
@@ -197,7 +197,7 @@ def test_final_params_are_candidates_for_best_when_the_last_step_is_no_epoch_end
     """With a schedule that decays to the end, the final params are often the best."""
     X, y, X_val, y_val = separable(N=200, num_val=60)
     config = TrainConfig(seed=0, schedule="cosine", **{**SMALL, "num_iters": 24})
-    schedule = solver.make_schedule(200, 32, 24)
+    schedule = loop.make_schedule(200, 32, 24)
     assert np.flatnonzero(schedule.epoch_end).tolist() == [0]
     assert np.flatnonzero(schedule.validate).tolist() == [0, 23]
     result = solver.train(X, y, X_val, y_val, config)
@@ -264,7 +264,7 @@ def test_flip_and_translate_run_on_image_rows():
     losses = result.history["loss_history"]
     assert len(losses) == 6 and np.all(np.isfinite(losses))
     assert result.params["W1"].shape == (3072, 8)
-    batch = solver.make_schedule(32, 16, 6, seed=0).batches[0]
+    batch = loop.make_schedule(32, 16, 6, seed=0).batches[0]
     init = model.init_params(jax.random.key(0), 3072, 8, 3, 1e-2)
     unaugmented = float(model.loss(init, X[batch], y[batch]))
     assert losses[0] != pytest.approx(unaugmented, rel=1e-4)

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnet import model, solver
-from jaxnet.solver import TrainConfig
+from jaxnet import model, solver, step
+from jaxnet.config import TrainConfig
 
 N, H, C, B, T = 12, 6, 3, 4, 10
 
@@ -43,7 +43,7 @@ def test_draws_differ_between_steps_and_seeds_and_repeat_for_the_same_step(part)
     # Step t draws from fold_in(key(seed), t), whatever the chunk it falls in.
     with jax.enable_x64(True):
         hp = {k: jnp.asarray(v, jnp.float64) for k, v in config.hyperparams().items()}
-        expected = [float(model.cross_entropy(solver.training_scores(
+        expected = [float(model.cross_entropy(step.training_scores(
             config, hp, params, jnp.asarray(X), jax.random.fold_in(jax.random.key(3), t)),
             jnp.asarray(y))) for t in range(T)]
     np.testing.assert_allclose(losses, expected, rtol=1e-12)
@@ -63,7 +63,7 @@ def test_training_scores_draws_depend_on_the_key_alone():
     params = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
 
     def scores(key):
-        return np.asarray(solver.training_scores(config, hp, params, X, key))
+        return np.asarray(step.training_scores(config, hp, params, X, key))
 
     base = jax.random.key(0)
     first = scores(jax.random.fold_in(base, 5))

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from jaxnet import model, preprocess, solver, sweep
-from jaxnet.checkpoint import load_checkpoint
+from jaxnet.saved_model import load_model
 from jaxnet.data import get_CIFAR10_data
-from jaxnet.solver import TrainConfig
+from jaxnet.config import TrainConfig
 from conftest import REPO
 
 # Configs that learn (the loss falls from 2.93 to about 2.7 at 1e-2 and 1.6 at 3e-2), so that
@@ -129,7 +129,7 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path, cifar_fixture):
         import jax, numpy as np
         from jaxnet import sweep
         from jaxnet.data import get_CIFAR10_data
-        from jaxnet.solver import TrainConfig
+        from jaxnet.config import TrainConfig
         assert len(jax.devices()) == 4
         d = get_CIFAR10_data({str(cifar_fixture)!r}, num_training=150, num_validation=50, num_test=100)
         data = d["X_train"] / 64, d["y_train"], d["X_val"] / 64, d["y_val"]
@@ -210,7 +210,7 @@ def test_sweep_script_end_to_end(cifar_fixture, tmp_path):
     # best/ holds the chosen config's best params: they predict the splits as reported.
     best = rows[0]
     assert json.load(open(out / "best" / "config.json"))["learning_rate"] == 1e-4
-    checkpoint = load_checkpoint(out / "best" / "params.npz", input_size=3072)
+    checkpoint = load_model(out / "best" / "params.npz", input_size=3072)
     assert {k: v.shape for k, v in checkpoint.params.items()} == {
         "W1": (3072, 8), "b1": (8,), "W2": (8, 10), "b2": (10,)}
     d = get_CIFAR10_data(cifar_fixture, num_training=150, num_validation=50, num_test=100)

@@ -6,7 +6,7 @@ import pytest
 
 import numpy_rules
 from jaxnet import model, reference, sweep
-from jaxnet.solver import TrainConfig
+from jaxnet.config import TrainConfig
 
 N, D, H, C, B, T = 100, 20, 8, 4, 20, 60   # iterations_per_epoch = 5
 

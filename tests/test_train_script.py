@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import REPO
 from jaxnet import model, solver
-from jaxnet.checkpoint import load_checkpoint
+from jaxnet.saved_model import load_model
 from jaxnet.data import get_CIFAR10_data
-from jaxnet.solver import TrainConfig
+from jaxnet.config import TrainConfig
 
 SCRIPT = REPO / "scripts" / "train.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -73,7 +73,7 @@ def test_train_script_end_to_end_on_cifar10(cifar_fixture, tmp_path):
 
     # The saved params are the best validated ones (each epoch end and the last step), and
     # they give the metrics when they predict the same splits again.
-    ckpt = load_checkpoint(out / "params.npz", input_size=3072)
+    ckpt = load_model(out / "params.npz", input_size=3072)
     assert {k: v.shape for k, v in ckpt.params.items()} == {
         "W1": (3072, 10), "b1": (10,), "W2": (10, 10), "b2": (10,)}
     assert ckpt.config == config and ckpt.history == history
@@ -148,7 +148,7 @@ def test_train_script_on_an_npz(small_npz, tmp_path):
     assert metrics["val_acc"] >= 0.9 and metrics["test_acc"] >= 0.9  # well-separated blobs
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss_history"]) == 40
-    ckpt = load_checkpoint(out / "params.npz", input_size=20)
+    ckpt = load_model(out / "params.npz", input_size=20)
     assert ckpt.params["W2"].shape == (8, 4)
     assert ckpt.config["optimizer"] == "momentum"
     check_png(out / "loss_acc.png")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import numpy_rules
-from jaxnet import solver
-from jaxnet.solver import TrainConfig
+from jaxnet import loop, optim, solver
+from jaxnet.config import OPTIMIZERS, TrainConfig
 
 N, D, H, C, B, T = 20, 6, 5, 3, 4, 12   # iterations_per_epoch = 5: decays after 0, 5 and 10
 
@@ -34,7 +34,7 @@ LEARNING_RATES = {"sgd": 0.3, "momentum": 0.2, "nesterov": 0.2, "adam": 0.05, "a
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("optimizer", solver.OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_training_follows_the_update_rule_step_by_step(optimizer, schedule):
     params, X, y, batches = problem()
     config = TrainConfig(hidden_size=H, num_iters=T, batch_size=B, reg=0.05, dtype="float64",
@@ -59,8 +59,8 @@ def test_learning_rates_are_the_schedule_written_out(schedule):
     config = TrainConfig(hidden_size=H, num_iters=T, batch_size=B, learning_rate=0.3,
                          **SCHEDULES[schedule])
     with jax.enable_x64(True):
-        lrs = np.asarray(solver.learning_rates(config, config.hyperparams(),
-                                               solver.make_schedule(N, B, T)))
+        lrs = np.asarray(optim.learning_rates(config, config.hyperparams(),
+                                              loop.make_schedule(N, B, T).decays_before))
     np.testing.assert_allclose(lrs, expected_lrs(config), rtol=1e-13, atol=1e-16)
     if schedule == "step":                       # decays after steps 0, 5 and 10
         np.testing.assert_allclose(lrs[[0, 1, 5, 6, 10, 11]],

@@ -1,4 +1,5 @@
-"""Shared plumbing for the command lines in ``scripts/``: one-line errors, exit status 2.
+"""Shared plumbing of the commands (``jaxnet-<name>``, ``scripts/<name>.py``): one-line
+errors, exit status 2, and the flags several commands share.
 
 A user who passes a bad flag, a missing dataset or an invalid value gets one
 line on stderr saying what is wrong and what to do, never a traceback.
@@ -15,8 +16,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from . import distributed, resume
-from .checkpoint import PROGRESS_FOLDER, atomic_write
+from jaxnet import distributed, resume
+from jaxnet.files import atomic_write
+from jaxnet.saved_model import PROGRESS_FOLDER
+from jaxnet.search import CHOICES
 
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
 
@@ -62,7 +65,9 @@ def run(main: Callable[[], object], extra_errors: tuple = ()) -> None:
         if exc.saved is None:
             print(f"error: {exc}", file=sys.stderr)
         else:
-            command = shlex.join(["python", sys.argv[0], "--resume", str(exc.saved.parent)])
+            # A console command (jaxnet-train) runs as it is, a script with python.
+            program = ["python", sys.argv[0]] if sys.argv[0].endswith(".py") else [sys.argv[0]]
+            command = shlex.join([*program, "--resume", str(exc.saved.parent)])
             print(f"error: {exc}; continue with: {command}", file=sys.stderr)
         sys.exit(128 + exc.signum)
     except distributed.PeerLost as exc:
@@ -121,7 +126,8 @@ def memory_mb(text: str) -> float | None:
     return None if math.isinf(value) else value
 
 
-# Help text of each TrainConfig field, shared by train.py (one value) and sweep.py (lists).
+# Help text of each TrainConfig field, shared by the train (one value) and sweep (lists)
+# commands.
 CONFIG_HELP = {
     "hidden_size": "hidden units H",
     "num_iters": "training iterations (minibatch steps)",
@@ -195,6 +201,44 @@ def add_data_arguments(parser: argparse.ArgumentParser, eval_test: bool = True) 
                            help="evaluate the chosen params on the test split")
     group.add_argument("--device", choices=["cpu", "gpu"], default=None,
                        help="where to train (default: JAX's default device)")
+
+
+def add_preprocess_arguments(parser, kinds_help: str, default: str | None = None) -> None:
+    """--preprocess KIND[,KIND...], --pca-components, --whiten-eps (as the train command's)."""
+    group = parser.add_argument_group("preprocessing (fitted on the training split)")
+    group.add_argument("--preprocess", metavar="KIND[,KIND...]", default=default,
+                       help=f"{kinds_help}; kinds: {', '.join(CHOICES)}")
+    group.add_argument("--pca-components", type=positive_int, default=400,
+                       help="dimensions kept by pca")
+    group.add_argument("--whiten-eps", type=nonnegative_float,
+                       help="zca: eps relative to the mean variance (default 0.01); "
+                            "pca: whiten with this eps (default: no whitening)")
+
+
+def parse_kinds(text: str) -> list[str]:
+    """'none,zca' -> ['none', 'zca']: preprocessing kinds, each one of ``CHOICES``, once."""
+    kinds = list(dict.fromkeys(item.strip() for item in text.split(",") if item.strip()))
+    unknown = [kind for kind in kinds if kind not in CHOICES]
+    if unknown or not kinds:
+        raise ValueError(f"--preprocess takes a comma-separated list of {', '.join(CHOICES)}; "
+                         f"got {text!r}")
+    return kinds
+
+
+def parse_range(name: str, text: str, default_kind: str) -> tuple:
+    """'1e-4:1e-2[:log|uniform|int]' -> ('log', 0.0001, 0.01), the range of field ``name``."""
+    parts = text.split(":")
+    kind = parts[2] if len(parts) == 3 else default_kind
+    try:
+        low, high = float(parts[0]), float(parts[1])
+    except (ValueError, IndexError):
+        raise ValueError(f"{flag(name)}-range must be LOW:HIGH[:KIND]; got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"{flag(name)}-range {text!r}: LOW and HIGH must be finite numbers")
+    if kind not in ("log", "uniform", "int") or not low <= high or (kind == "log" and low <= 0):
+        raise ValueError(f"{flag(name)}-range {text!r}: need LOW <= HIGH (> 0 for log) "
+                         "and KIND log, uniform or int")
+    return (kind, int(low), int(high)) if kind == "int" else (kind, low, high)
 
 
 class ProgressBar:

@@ -1,72 +1,43 @@
 """Saving and loading a trained network: params, config, history and extra arrays.
 
-A checkpoint is one ``.npz`` file (no pickles): the params ``W1, b1, W2, b2``,
+A saved model is one ``.npz`` file (no pickles): the params ``W1, b1, W2, b2``,
 any extra arrays under ``extra/<name>`` (e.g. fitted preprocessing), and a
 JSON document with the config, history and metadata. It is written to a
 temporary file in the same folder and renamed, so a crash never leaves a
-half-written checkpoint under the final name. A folder of several outputs (a
+half-written file under the final name. A folder of several outputs (a
 run folder) gets its ``COMPLETE`` marker last (``mark_complete``), and readers
 check it (``check_complete``), so a half-written folder is never taken for a
 finished one.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from .files import atomic_write
+from .model import PARAM_NAMES
 from .validate import check_params, declared, npz_headers, read_npz
 
-PARAM_NAMES = ("W1", "b1", "W2", "b2")
 FORMAT = "jaxnet-checkpoint-1"
 # Written last into every output folder of the commands, so a folder without it
 # (interrupted or failed while writing) is never taken for a finished one.
 MARKER = "COMPLETE"
-# Where a run keeps its progress while it trains (jaxnet.resume; cli.open_checkpoint).
+# Where a run keeps its progress while it trains (jaxnet.resume.Checkpoint).
 PROGRESS_FOLDER = "checkpoint"
 
 
-class Checkpoint(NamedTuple):
+class SavedModel(NamedTuple):
     """params (numpy, W1 (D, H), b1 (H,), W2 (H, C), b2 (C,)), config, history, extra arrays."""
 
     params: dict
     config: dict
     history: dict
     extra: dict
-
-
-def _default_mode() -> int:
-    """The mode ``open()`` would give a new file: 0o666 less the process umask."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it.
-
-    The file gets the permissions a plainly created file would get (mkstemp's
-    temporary files are private, 0o600); on any failure the temporary file is
-    removed and nothing appears under ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _json_default(value):
@@ -76,7 +47,7 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def save_checkpoint(path, params: dict, config: dict | None = None, history: dict | None = None,
+def save_model(path, params: dict, config: dict | None = None, history: dict | None = None,
                     extra: dict | None = None) -> Path:
     """Write params, config, history and ``extra`` arrays to ``path`` (.npz) atomically."""
     check_params(params)
@@ -88,7 +59,7 @@ def save_checkpoint(path, params: dict, config: dict | None = None, history: dic
     arrays = {name: np.asarray(params[name]) for name in PARAM_NAMES}
     arrays.update({f"extra/{k}": np.asarray(v) for k, v in (extra or {}).items()})
     for name, array in arrays.items():
-        # Object arrays would be pickled, and load_checkpoint refuses pickles.
+        # Object arrays would be pickled, and load_model refuses pickles.
         if array.dtype.hasobject:
             raise ValueError(f"{name} cannot be saved: it is not an array of numbers or "
                              f"strings (got {type(array.flat[0]).__name__} values)")
@@ -97,8 +68,8 @@ def save_checkpoint(path, params: dict, config: dict | None = None, history: dic
     return Path(path)
 
 
-def load_checkpoint(path, input_size: int | None = None) -> Checkpoint:
-    """Read a checkpoint written by ``save_checkpoint``; raise ValueError saying what is wrong.
+def load_model(path, input_size: int | None = None) -> SavedModel:
+    """Read a checkpoint written by ``save_model``; raise ValueError saying what is wrong.
 
     ``input_size``, when given, is the number of features the caller will feed
     the network: a checkpoint for another input size is refused.
@@ -132,7 +103,7 @@ def load_checkpoint(path, input_size: int | None = None) -> Checkpoint:
         raise ValueError(f"{path}: unknown checkpoint format {found!r}, expected {FORMAT!r}")
     params = {k: arrays[k] for k in PARAM_NAMES}
     extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
-    return Checkpoint(params, meta.get("config", {}), meta.get("history", {}), extra)
+    return SavedModel(params, meta.get("config", {}), meta.get("history", {}), extra)
 
 
 def _check_loaded_params(params: dict, path: Path, input_size: int | None) -> None:

@@ -1,0 +1,1 @@
+"""The command lines of jaxnet: console commands ``jaxnet-<name>`` and ``scripts/<name>.py``."""
