@@ -20,8 +20,10 @@ import numpy as np
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 SCHEDULES = ("step", "cosine")
-# "float32": every product in the params' dtype (float64 too, with dtype float64).
-COMPUTE_DTYPES = ("float32", "bfloat16")
+# "float32": every product in the params' dtype (float64 too, with dtype float64); "auto":
+# whichever of float32 and bfloat16 is faster on the device (jaxnet.precision), decided
+# before training.
+COMPUTE_DTYPES = ("float32", "bfloat16", "auto")
 
 
 def static(default):
@@ -61,7 +63,8 @@ class TrainConfig:
     training rows in bfloat16 and runs the first layer's products, forward and
     backward, on bfloat16 operands with float32 accumulation
     (``model.hidden``); the params, the optimizer's state, the loss, the softmax and
-    the validation pass stay float32.
+    the validation pass stay float32. ``compute_dtype="auto"`` is decided
+    before training (``precision.resolve``): the run then holds the choice.
     """
 
     hidden_size: int = static(50)
@@ -140,8 +143,9 @@ class TrainConfig:
         need(self.dtype in ("float32", "float64"),
              f"dtype must be float32 or float64; got {self.dtype!r}")
         need(self.compute_dtype in COMPUTE_DTYPES,
-             f"compute_dtype must be {' or '.join(COMPUTE_DTYPES)}; got {self.compute_dtype!r}")
-        need(self.compute_dtype == "float32" or self.dtype == "float32",
+             f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}; got "
+             f"{self.compute_dtype!r}")
+        need(self.compute_dtype != "bfloat16" or self.dtype == "float32",
              f"compute_dtype {self.compute_dtype} needs dtype float32 (float64 runs are for "
              f"exact checks); got dtype {self.dtype}")
         return self
@@ -161,12 +165,16 @@ PRESETS = {
     "notebook": TrainConfig(),
     # The answer of scripts/search.py (seed 0: Adam with cosine decay, dropout, flips on
     # standardized inputs, PRESET_PREPROCESS) with what scripts/ablation.py found to gain
-    # within 15 minutes on 2 CPU cores: 150 epochs instead of 50, bfloat16 products,
-    # shifts of up to 2 pixels (docs/best_network.md).
+    # within 15 minutes on 2 CPU cores: longer training, shifts of up to 2 pixels
+    # (docs/best_network.md). Its length comes from PRESET_BUDGET (150 epochs without one);
+    # its precision is the faster on the machine at hand.
     "best": TrainConfig(hidden_size=2000, num_iters=36751, batch_size=200,
                         learning_rate=8.021969575436478e-4, reg=0.0, optimizer="adam",
                         schedule="cosine", dropout=0.22492512060101696, flip=True, translate=2,
-                        compute_dtype="bfloat16"),
+                        compute_dtype="auto"),
 }
 # The preprocessing (a jaxnet.preprocess kind, or "none") each preset was found with.
 PRESET_PREPROCESS = {"notebook": "none", "best": "standardize"}
+# Minutes the whole train command may take with each preset (jaxnet.budget sets num_iters
+# to fit them); 0: num_iters as given.
+PRESET_BUDGET = {"notebook": 0.0, "best": 15.0}

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import model
+from . import model, precision
 from .arrays import aligned_array, fingerprint
 from .augment import apply_transform
 from .config import TrainConfig
@@ -38,6 +38,7 @@ class TrainResult(NamedTuple):
     best_val_acc: float
     history: dict
     wall_s: float
+    config: TrainConfig | None = None   # as trained: compute_dtype "auto" decided
 
 
 def check_data(X, y, X_val, y_val, num_classes: int | None = None,
@@ -126,6 +127,8 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
     signal; with ``checkpoint.resume`` the run continues from the progress saved
     there (refused when the config, the data or ``chunk_size`` differ), with
     the same result as a run never interrupted.
+    ``config.compute_dtype="auto"`` is decided here (``precision.resolve``);
+    the result's ``config`` is the one trained.
     Returns the final and best-validation params (numpy), the best validation
     accuracy and the histories ``loss_history`` (per step), ``train_acc_history``
     and ``val_acc_history`` (per epoch), plus the wall time in seconds.
@@ -140,6 +143,7 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
     input_size = np.shape(X)[1] if transform is None else np.shape(transform[1])[-1]
     if params is not None:
         check_params(params, input_size)
+    config = precision.resolve(config, input_size)
     if batches is not None:
         check_batches(batches, config, len(X))
     schedule = make_schedule(len(X), config.batch_size, config.num_iters, batches, config.seed)
@@ -167,7 +171,7 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
         to_numpy = lambda tree: {k: np.asarray(v) for k, v in tree.items()}  # noqa: E731
         result = TrainResult(
             to_numpy(state.params), to_numpy(state.best_params), float(best_val_acc[0]),
-            histories[0], time.perf_counter() - start_time)
+            histories[0], time.perf_counter() - start_time, config)
     return result
 
 

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import distributed, model, resume, solver
+from . import distributed, model, precision, resume, solver
 from .arrays import fingerprint
 from .config import TRACED, TrainConfig
 from .kernels import device_array, training_rows
@@ -233,6 +233,9 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     num_classes = solver.check_data(X, y, X_val, y_val)
     solver.check_augmentable(any(c.flip or c.translate for c in configs), np.shape(X)[1])
     transform = solver.check_transform(input_transform, np.shape(X)[1])
+    # "auto" is decided once per shape, before the configs identify the sweep.
+    configs = precision.resolve_all(configs, np.shape(X)[1] if transform is None
+                                    else np.shape(transform[1])[-1])
     inputs: dict = {}  # solver.loop_inputs by whether a group augments, each made once
     devices = list(devices or distributed.devices())
     mesh = Mesh(np.array(devices), ("configs",))

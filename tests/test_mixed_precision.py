@@ -217,7 +217,8 @@ def test_search_command_repeats_the_precision():
 @pytest.mark.parametrize("fields, message", [
     ({"dtype": "float64", "compute_dtype": "bfloat16"},
      "compute_dtype bfloat16 needs dtype float32"),
-    ({"compute_dtype": "float16"}, "compute_dtype must be float32 or bfloat16"),
+    ({"compute_dtype": "float16"},
+     "compute_dtype must be one of float32, bfloat16, auto; got 'float16'"),
 ])
 def test_bad_precision_settings_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):

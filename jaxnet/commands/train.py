@@ -19,9 +19,12 @@ epoch end and after the last step.
 
 --preset best is the strongest configuration found: the answer of
 scripts/search.py (hidden 2000, Adam with cosine decay, dropout, flips,
-standardized inputs) trained for 150 epochs with bfloat16 products,
-shifts of up to 2 pixels (scripts/ablation.py; its accuracy and
-time are in the README's results table, within 15 minutes on 2 CPU cores). Flags given with a preset override its values.
+standardized inputs) with shifts of up to 2 pixels (scripts/ablation.py),
+trained for as many steps as fit in its --time-budget of 15 minutes for the
+whole command, in the faster precision of this machine (--compute-dtype
+auto); both are printed and saved in config.json, whose num_iters and
+compute_dtype repeat the run without a budget (its accuracy and time are in
+the README's results table). Flags given with a preset override its values.
 --preprocess fits per-channel standardization, PCA or ZCA on the training
 split (default: the preset's); the transform is applied to every minibatch
 after augmentation and saved in params.npz with the mean image, so
@@ -42,6 +45,7 @@ Examples:
   python scripts/train.py --resume runs/mine
 """
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -49,11 +53,14 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxnet import preprocess, runs
+from jaxnet import budget, precision, preprocess, runs
 from jaxnet.commands import cli
 from jaxnet.download import DownloadError
 from jaxnet.solver import notebook_printer, train
-from jaxnet.config import PRESETS, PRESET_PREPROCESS, TrainConfig
+from jaxnet.config import PRESET_BUDGET, PRESETS, PRESET_PREPROCESS, TrainConfig
+
+# The run's config once its precision and length are fixed: --resume trains it as it is.
+FIXED_CONFIG = cli.SAVED_ARGS.parent / "config.json"
 
 
 def parse_args():
@@ -76,6 +83,12 @@ def parse_args():
                             "pca: whiten with this eps (default: no whitening)")
     cli.add_data_arguments(parser)
     cli.add_out_arguments(parser, "run", "runs")
+    parser.add_argument("--time-budget", type=cli.nonnegative_float, metavar="MINUTES",
+                        help="minutes for the whole command: num_iters becomes the steps that "
+                             "fit, timed on this machine, and is saved in config.json (0: off; "
+                             "default: the preset's, " + ", ".join(
+                                 f"{name} {minutes:g}" for name, minutes in PRESET_BUDGET.items())
+                             + "; off when --num-iters is given)")
     parser.add_argument("--verbose", action="store_true",
                         help="print the notebook's 'iteration 100 / 1000: loss ...' lines")
     cli.add_checkpoint_arguments(parser)
@@ -88,6 +101,7 @@ def command():
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name) is not None}
     config = dataclasses.replace(PRESETS[args.preset], **given).validate()
+    minutes = time_budget(args, given)
     kind = args.preprocess or PRESET_PREPROCESS[args.preset]
     device = runs.select_device(args.device)
     dataset = runs.load_dataset(args)
@@ -116,6 +130,7 @@ def command():
                                                                            file=sys.stderr))
     checkpoint.stop_if_requested()
     with jax.default_device(device):
+        config = run_config(args, config, minutes, out, dataset, input_transform, num_test)
         result = train(dataset["X_train"], dataset["y_train"], dataset["X_val"],
                        dataset["y_val"], config, progress=progress,
                        input_transform=input_transform, checkpoint=checkpoint)
@@ -137,6 +152,38 @@ def command():
         raise ValueError(f"training diverged: the loss became {losses[diverged[0]]} at iteration "
                          f"{diverged[0]} (recorded as null in {out}/history.json); lower "
                          f"--learning-rate or --std")
+
+
+def time_budget(args, config_flags: dict) -> float:
+    """The minutes of --time-budget, else the preset's unless --num-iters is given; 0: none."""
+    if args.time_budget is None:
+        return 0.0 if "num_iters" in config_flags else PRESET_BUDGET[args.preset]
+    if args.time_budget and "num_iters" in config_flags:
+        raise ValueError("give --num-iters or --time-budget, not both (--time-budget sets "
+                         "num_iters)")
+    return args.time_budget
+
+
+def run_config(args, config: TrainConfig, minutes: float, out: Path, dataset: dict,
+               input_transform, num_test: int) -> TrainConfig:
+    """The config the run trains: ``config`` with compute_dtype "auto" decided
+    (``jaxnet.precision``) and, under a budget of ``minutes``, num_iters fitted
+    (``jaxnet.budget``), both printed. Saved in the run's checkpoint folder, so that --resume trains the same
+    config, never deciding again."""
+    fixed = out / FIXED_CONFIG
+    if args.resume and fixed.is_file():
+        return TrainConfig(**json.loads(fixed.read_text())).validate()
+    input_size = (dataset["X_train"].shape[1] if input_transform is None
+                  else np.shape(input_transform[1])[-1])
+    config = precision.resolve(config, input_size, say=print)
+    if minutes:
+        eval_rows = len(dataset["X_train"]) + len(dataset["X_val"]) + (
+            num_test + len(dataset["X_test"]) if args.eval_test else 0)
+        data = tuple(dataset[k] for k in ("X_train", "y_train", "X_val", "y_val"))
+        config = budget.fit_config(config, minutes, data, eval_rows,
+                                   input_transform=input_transform, say=print)
+    runs.write_json(fixed, dataclasses.asdict(config))
+    return config
 
 
 def main() -> None:
