@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -120,19 +121,17 @@ class TrainConfig:
             value = getattr(self, name)
             need(isinstance(value, (int, float, np.integer, np.floating))
                  and not isinstance(value, bool), f"{name} must be a number; got {value!r}")
-        for name in ("learning_rate", "reg", "std", "weight_decay"):
-            value = getattr(self, name)
-            need(math.isfinite(value) and value >= 0, f"{name} must be finite and >= 0; got {value}")
+        need(self.dtype in ("float32", "float64"),
+             f"dtype must be float32 or float64; got {self.dtype!r}")
+        _check_ranges({name: getattr(self, name) for name in TRACED}, need)
+        # The loop computes with the values rounded to the run's dtype: 0.99999999 is a
+        # valid ema, but 1.0 in float32, and a debiased average then divides by zero.
+        with np.errstate(over="ignore"):
+            rounded = {name: float(np.asarray(getattr(self, name), self.dtype)) for name in TRACED}
+        _check_ranges(rounded, need, lambda name, value: f"got {getattr(self, name)!r}, which "
+                                                         f"is {value!r} in {self.dtype}")
         need(isinstance(self.seed, (int, np.integer)) and 0 <= self.seed < 2**32,
              f"seed must be an integer in [0, 2**32); got {self.seed!r}")
-        need(0 < self.learning_rate_decay <= 1,
-             f"learning_rate_decay must be in (0, 1]; got {self.learning_rate_decay}")
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1); got {self.momentum}")
-        for name in ("dropout", "label_smoothing", "ema"):
-            value = getattr(self, name)
-            need(0 <= value < 1, f"{name} must be in [0, 1); got {value}")
-        need(math.isfinite(self.mixup) and self.mixup >= 0,
-             f"mixup must be finite and >= 0; got {self.mixup}")
         need(self.optimizer in OPTIMIZERS,
              f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         need(self.schedule in SCHEDULES,
@@ -140,8 +139,6 @@ class TrainConfig:
         need(0 <= self.warmup_iters < self.num_iters,
              f"warmup_iters must be in [0, num_iters); got {self.warmup_iters}")
         need(0 <= self.translate < 32, f"translate must be in [0, 31] pixels; got {self.translate}")
-        need(self.dtype in ("float32", "float64"),
-             f"dtype must be float32 or float64; got {self.dtype!r}")
         need(self.compute_dtype in COMPUTE_DTYPES,
              f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}; got "
              f"{self.compute_dtype!r}")
@@ -149,6 +146,20 @@ class TrainConfig:
              f"compute_dtype {self.compute_dtype} needs dtype float32 (float64 runs are for "
              f"exact checks); got dtype {self.dtype}")
         return self
+
+
+def _check_ranges(values: dict, need: Callable,
+                  got: Callable = lambda name, value: f"got {value}") -> None:
+    """Check the traced hyperparameters ``values`` (name -> number) against their ranges;
+    ``need(ok, message)`` raises, ``got(name, value)`` says what was found."""
+    def check(name, ok, what):
+        value = values[name]
+        need(math.isfinite(value) and ok(value), f"{name} must be {what}; {got(name, value)}")
+    for name in ("learning_rate", "reg", "std", "weight_decay", "mixup"):
+        check(name, lambda v: v >= 0, "finite and >= 0")
+    check("learning_rate_decay", lambda v: 0 < v <= 1, "in (0, 1]")
+    for name in ("momentum", "dropout", "label_smoothing", "ema"):
+        check(name, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def _fields(kind: str) -> tuple:

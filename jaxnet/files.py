@@ -24,9 +24,27 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool
     removed and nothing appears under ``path``. ``durable``: the file is synced
     before the rename, and the folder after it, so a power cut leaves the old or
     the new file. ``previous``: the file already at ``path`` is first renamed
-    there, so that one complete file exists at every moment.
+    there, so that one complete file exists at every moment. An ``OSError`` (a full
+    disk, a read-only folder) is raised with ``path`` as its file name, whichever
+    temporary file it happened on.
     """
     path = Path(path)
+    try:
+        _write_and_rename(path, write, durable, previous)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+    if durable:
+        with contextlib.suppress(OSError):  # where the OS allows syncing a folder
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def _write_and_rename(path: Path, write: Callable, durable: bool, previous: Path | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -43,10 +61,3 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object], durable: bool
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if durable:
-        with contextlib.suppress(OSError):  # where the OS allows syncing a folder
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)

@@ -78,9 +78,10 @@ class LoopProgress(NamedTuple):
 class LoopHook(Protocol):
     """What ``run_chunks`` asks of its ``hook`` (``jaxnet.resume`` implements it)."""
 
-    def restore(self, template, total: int) -> LoopProgress | None:
+    def restore(self, template, schedule: Schedule, num_val: int) -> LoopProgress | None:
         """Progress saved earlier, its state placed like ``template`` (the fresh state),
-        or None to start from the beginning."""
+        or None to start from the beginning; ``schedule`` and the validation set's size
+        ``num_val`` bound what the saved values can be."""
 
     def after_chunk(self, progress: LoopProgress) -> None:
         """Called after every chunk but the last: the place to save progress or stop."""
@@ -128,7 +129,7 @@ def run_chunks(chunk_fn: Callable, state, hp, lrs, data: tuple, schedule: Schedu
     """
     total = len(schedule.batches)
     done, outputs = 0, []
-    restored = None if hook is None else hook.restore(state, total)
+    restored = None if hook is None else hook.restore(state, schedule, len(data[3]))
     if restored is not None:
         state, done, outputs = restored.state, restored.step, [list(restored.outputs)]
     while done < total and not (done and np.all(read(state.stopped_at) <= done)):

@@ -336,6 +336,8 @@ def read_image(path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give an image file")
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     try:

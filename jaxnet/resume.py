@@ -33,7 +33,7 @@ import numpy as np
 
 from . import distributed
 from .files import atomic_write
-from .loop import LoopProgress
+from .loop import LoopProgress, Schedule
 from .validate import read_npz
 
 VERSION = "0.6.0"
@@ -164,9 +164,12 @@ class Checkpoint:
             raise Interrupted(signum, self.folder if saved else None)
 
     def remove(self) -> None:
-        """Delete the folder, once the run it belongs to is complete."""
+        """Delete the folder, once the run it belongs to is complete (an OSError says
+        where it could not be: a progress folder left beside a finished run would
+        later be taken for something to resume)."""
         if distributed.is_writer():
-            shutil.rmtree(self.folder, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.folder)
 
     def save(self, identity: dict, arrays: dict, meta: dict) -> None:
         """Write one progress file: ``arrays`` and JSON ``meta`` with ``identity``.
@@ -243,10 +246,12 @@ def loop_arrays(progress: LoopProgress) -> dict:
     return arrays
 
 
-def read_loop(arrays: dict, step, template, total: int) -> LoopProgress:
-    """The ``LoopProgress`` stored in ``arrays`` at ``step`` of ``total``, shaped and
-    placed like ``template`` (the loop's freshly initialised state); raises
-    ``CorruptCheckpoint`` when it does not fit."""
+def read_loop(arrays: dict, step, template, schedule: Schedule, num_val: int) -> LoopProgress:
+    """The ``LoopProgress`` stored in ``arrays`` at ``step``, shaped and placed like
+    ``template`` (the loop's freshly initialised state); raises ``CorruptCheckpoint``
+    when it does not fit the loop, or holds values that the run of ``schedule``
+    with ``num_val`` validation rows cannot have reached."""
+    total = len(schedule.batches)
     if not isinstance(step, int) or not 0 < step <= total:
         raise CorruptCheckpoint(f"its step {step!r} is not in [1, {total}]")
     leaves, treedef = jax.tree.flatten(template)
@@ -262,14 +267,38 @@ def read_loop(arrays: dict, step, template, total: int) -> LoopProgress:
     if any(o is None or o.ndim != 2 or o.shape[1] != step for o in outputs):
         raise CorruptCheckpoint(f"its outputs do not cover the {step} steps done")
     state = jax.tree.unflatten(treedef, saved)
-    # Counts and counters can never be negative (a loss can be NaN: a diverged run's).
-    if (np.any(np.asarray(state.best_val_correct) < -1) or np.any(np.asarray(state.stopped_at) < 0)
-            or np.any(outputs[1] < 0) or np.any(outputs[2] < 0)):
-        raise CorruptCheckpoint("its counters are out of range")
+    _check_counts(state, outputs, step, schedule, num_val)
     # Placed where the fresh state's leaves are (device, sharding over configs).
     state = jax.tree.map(lambda fresh, saved: distributed.put(saved, fresh.sharding),
                          template, state)
     return LoopProgress(step, state, outputs)
+
+
+def _check_counts(state, outputs: tuple, step: int, schedule: Schedule, num_val: int) -> None:
+    """Raise ``CorruptCheckpoint`` for counts and counters that ``step`` steps of
+    ``schedule`` cannot give (a loss can be anything: a diverged run's is NaN)."""
+    def within(values, low, high) -> bool:
+        values = np.asarray(values)
+        return bool(np.all((low <= values) & (values <= high)))
+    _, train_correct, val_correct = outputs
+    validated = np.flatnonzero(schedule.validate[:step])
+    best = np.atleast_1d(np.asarray(state.best_val_correct))
+    best_seen = val_correct[:, validated].max(axis=1)   # validate[0]: one at least
+    stopped_at = np.asarray(state.stopped_at)
+    # Early stopping freezes the params after a validation that is not the first one.
+    stop_steps = validated[1:] + 1
+    problems = [
+        (within(train_correct, 0, schedule.batches.shape[1]), "training hits beyond the batch"),
+        (within(val_correct, 0, num_val), f"validation hits beyond the {num_val} rows"),
+        (within(best, 0, num_val) and np.all(best <= best_seen),
+         "a best validation count that no validation gave"),
+        (within(state.stale, 0, len(validated)), "more validations without progress than done"),
+        (np.all((stopped_at == len(schedule.batches)) | np.isin(stopped_at, stop_steps)),
+         "an early stop where no validation could stop the run"),
+    ]
+    wrong = [what for ok, what in problems if not ok]
+    if wrong:
+        raise CorruptCheckpoint(f"it holds values no run can reach: {'; '.join(wrong)}")
 
 
 class LoopHook:
@@ -278,10 +307,10 @@ class LoopHook:
     def __init__(self, checkpoint: Checkpoint, identity: dict):
         self.checkpoint, self.identity = checkpoint, identity
 
-    def restore(self, template, total: int) -> LoopProgress | None:
+    def restore(self, template, schedule: Schedule, num_val: int) -> LoopProgress | None:
         restored = []
         found = self.checkpoint.load(self.identity, lambda arrays, meta: restored.append(
-            read_loop(arrays, meta.get("step"), template, total)))
+            read_loop(arrays, meta.get("step"), template, schedule, num_val)))
         return restored[-1] if found is not None else None
 
     def after_chunk(self, progress: LoopProgress) -> None:

@@ -5,6 +5,7 @@ turn flags into a dataset and a device, and write a run's results as files.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import math
@@ -19,6 +20,7 @@ import numpy as np
 
 from . import data, download, model, preprocess, sweep
 from .files import atomic_write
+from .lock import LOCK_NAME, FolderLock
 from .saved_model import MARKER, PROGRESS_FOLDER, mark_complete, save_model
 from .plots import plot_history, plot_weights
 from .validate import count_classes, host_memory
@@ -72,19 +74,46 @@ def load_dataset(args, say=lambda message: print(message, file=sys.stderr)) -> d
     return data.get_CIFAR10_data(root, args.num_training, args.num_validation, num_test=None)
 
 
-def prepare_out(out: Path, overwrite: bool = False) -> None:
-    """Check, before training, that the results can be written to the folder ``out``.
+def claim_out(out: Path, overwrite: bool = False, resuming: bool = False) -> FolderLock:
+    """Make the run folder ``out`` this process's to write, for the rest of its life.
 
-    A file, an unwritable place (read-only file system, no permission) or a
-    folder that already holds files is refused; with ``overwrite`` a folder that
-    holds only what the commands write is emptied first (anything else in it
-    is refused, never deleted). Leaves no new folder behind: it is made when
-    the results are written.
+    First the folder's lock (``jaxnet.lock``): a second writer, new, ``--overwrite``
+    or ``--resume``, is refused in one line naming the holder's pid; the lock is
+    released when this process ends (or by ``release()``). Then, before training:
+    a file, an unwritable place (read-only file system, no permission) or, for a
+    new run, a folder that already holds files is refused; with ``overwrite`` a
+    folder that holds only what the commands write is emptied (anything else in
+    it is refused, never deleted). A resumed run's folder is kept as it is, but
+    it and its progress folder must be writable. A refused claim leaves no new
+    folder behind.
     """
     out = Path(out)
+    flag = "--resume" if resuming else "--out"
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder")
-    entries = sorted(os.listdir(out)) if out.is_dir() else []
+        raise ValueError(f"{flag} {out} is a file; give a folder")
+    lock = FolderLock(out)
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise ValueError(f"{flag} {out} is not writable: {exc.strerror or exc}") from None
+    try:
+        if resuming:
+            for folder in (out, out / PROGRESS_FOLDER):
+                _check_writable(folder, f"--resume {out}: {folder}")
+        else:
+            _empty_out(out, overwrite)
+            _check_writable(out, f"--out {out}")
+    except BaseException:
+        lock.release()
+        raise
+    atexit.register(lock.release)
+    return lock
+
+
+def _empty_out(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds files, or with ``overwrite`` empty one that holds only
+    what the commands write."""
+    entries = sorted(set(os.listdir(out)) - {LOCK_NAME})
     if entries and not overwrite:
         raise ValueError(f"--out {out} already holds {', '.join(entries[:4])}"
                          f"{', ...' if len(entries) > 4 else ''}; give a new folder, or "
@@ -93,21 +122,25 @@ def prepare_out(out: Path, overwrite: bool = False) -> None:
     if foreign:
         raise ValueError(f"--overwrite clears only what jaxnet writes, and --out {out} also "
                          f"holds {', '.join(foreign[:4])}; remove them or give another folder")
-    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
-    try:
-        for entry in entries:
-            path = out / entry
+    for entry in entries:
+        path = out / entry
+        try:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink()
-        out.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()
+        except OSError as exc:
+            raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Raise ValueError ``WHAT is not writable: reason`` unless a file can be made in
+    ``folder`` (when it exists)."""
+    try:
+        if folder.is_dir():
+            tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
-        raise ValueError(f"--out {out} is not writable: {exc.strerror or exc}") from None
-    finally:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+        raise ValueError(f"{what} is not writable: {exc.strerror or exc}") from None
 
 
 def check_output_file(path: Path, flag: str) -> None:
@@ -173,15 +206,23 @@ def check_memory(config, num_configs: int, dataset: dict, device: jax.Device,
              f"{config.num_iters} iterations")
     where = "of --max-memory" if budget == max_memory else "this device has"
     if need(1) > budget:
-        raise ValueError(f"a run of {shape} needs about {need(1) / 2**30:.1f} GiB (data, "
+        raise ValueError(f"a run of {shape} needs about {memory_size(need(1))} (data, "
                          f"weights, optimizer state, activations, minibatch schedule), more than "
-                         f"the {budget / 2**30:.1f} GiB {where}; lower --hidden-size, "
+                         f"the {memory_size(budget)} {where}; lower --hidden-size, "
                          f"--batch-size or --num-iters")
     if max_memory is None and num_configs > 1 and need(num_configs) > available:
         raise ValueError(f"the {num_configs} configs of {shape} train together and need about "
-                         f"{need(num_configs) / 2**30:.1f} GiB, more than the "
-                         f"{available / 2**30:.1f} GiB this device has; give --max-memory MB "
+                         f"{memory_size(need(num_configs))}, more than the "
+                         f"{memory_size(available)} this device has; give --max-memory MB "
                          f"to train them in chunks")
+
+
+def memory_size(num_bytes: float) -> str:
+    """``num_bytes`` in words a user can compare: GiB from 1 GiB up, MiB below, KiB below 1 MiB."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if num_bytes >= size:
+            return f"{num_bytes / size:.1f} {unit}"
+    return f"{num_bytes / 2**10:.1f} KiB"
 
 
 def evaluate(params: dict, dataset: dict, eval_test: bool, num_test: int = 1000) -> dict:
@@ -223,12 +264,13 @@ def write_json(path: Path, obj) -> None:
 
 
 def write_run(out: Path, config: dict, params: dict, history: dict, metrics: dict,
-              extra: dict | None = None) -> dict:
+              extra: dict | None = None, complete: bool = True) -> dict:
     """Write a run folder; returns the paths written, by name.
 
     config.json, history.json, metrics.json, params.npz (a checkpoint with
     config and history), loss_acc.png, and weights.png when the inputs are
-    32x32x3 images.
+    32x32x3 images; then, unless ``complete`` is False (a run whose params are
+    not finite, kept as a record but never to be used), COMPLETE.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -242,20 +284,22 @@ def write_run(out: Path, config: dict, params: dict, history: dict, metrics: dic
     plot_history(history, paths["loss_acc.png"])
     if np.shape(params["W1"])[0] == 32 * 32 * 3:
         paths["weights.png"] = plot_weights(params["W1"], out / "weights.png")
-    mark_complete(out)
+    if complete:
+        mark_complete(out)
     return paths
 
 
 def save_run(out: Path, config, kind: str, transform, params: dict,
              history: dict, dataset: dict, eval_test: bool, num_test: int,
-             **metrics) -> dict:
+             complete: bool = True, **metrics) -> dict:
     """Evaluate ``params`` (W1 (k, H)) and write the run folder ``out`` for ``config``
     (a TrainConfig) trained on inputs preprocessed by ``kind``.
 
     The accuracies are measured on the splits preprocessed by ``transform``
     (None for "none"); params.npz holds the mean image and the transform, so
     ``preprocess.load_classifier`` and scripts/predict.py preprocess new images
-    the same way. Returns the metrics written: the accuracies, then ``metrics``.
+    the same way. ``complete``: as in ``write_run``. Returns the metrics written:
+    the accuracies, then ``metrics``.
     """
     extra = {"mean_image": dataset["mean_image"]} if "mean_image" in dataset else {}
     if transform is not None:
@@ -263,5 +307,5 @@ def save_run(out: Path, config, kind: str, transform, params: dict,
         extra.update(transform.to_arrays())
     found = {**evaluate(params, dataset, eval_test, num_test), **metrics}
     write_run(out, dict(dataclasses.asdict(config), preprocess=kind), params, history,
-              found, extra or None)
+              found, extra or None, complete)
     return found

@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .files import atomic_write
+from .lock import LOCK_NAME
 from .model import PARAM_NAMES
 from .validate import check_params, declared, npz_headers, read_npz
 
@@ -125,14 +126,28 @@ def mark_complete(folder: Path) -> None:
     """Write the folder's completion marker, listing what it holds; call it last.
 
     The progress of an unfinished run (``PROGRESS_FOLDER``, removed once the run
-    completes) is not part of the finished folder.
+    completes) and the writer's lock are not part of the finished folder.
     """
-    names = sorted(name for name in os.listdir(folder) if name not in (MARKER, PROGRESS_FOLDER))
+    names = sorted(name for name in os.listdir(folder)
+                   if name not in (MARKER, PROGRESS_FOLDER, LOCK_NAME))
     atomic_write(Path(folder) / MARKER, lambda f: f.write("\n".join(names).encode() + b"\n"))
 
 
 def check_complete(folder: Path) -> None:
     """Raise ValueError unless ``folder`` holds the completion marker of ``mark_complete``."""
-    if not (Path(folder) / MARKER).is_file():
-        raise ValueError(f"{folder} is an incomplete run folder (no {MARKER} file: writing it "
-                         f"was interrupted or failed); train the model again")
+    folder = Path(folder)
+    if (folder / MARKER).is_file():
+        return
+    if _recorded_diverged(folder):
+        raise ValueError(f"{folder} holds a run that diverged (its params are NaN or infinite: "
+                         f"see its metrics.json); train it again with a lower learning rate")
+    raise ValueError(f"{folder} is an incomplete run folder (no {MARKER} file: writing it "
+                     f"was interrupted or failed); train the model again")
+
+
+def _recorded_diverged(folder: Path) -> bool:
+    """Whether ``folder``'s metrics.json records a diverged run."""
+    try:
+        return json.loads((folder / "metrics.json").read_text()).get("diverged") is True
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -45,7 +45,7 @@ def check_data(X, y, X_val, y_val, num_classes: int | None = None,
                num_features: int | None = None) -> int:
     """Validate a training set and a validation set; return the number of classes."""
     X = check_features(X, "X_train", num_features)
-    X_val = check_features(X_val, "X_val", X.shape[1])
+    X_val = check_features(X_val, "X_val", X.shape[1], expected_by="X_train has")
     if len(X) >= 2**31:
         raise ValueError(f"X_train has {len(X)} rows; minibatch indices are int32, so at most "
                          f"2**31 - 1")
@@ -135,7 +135,10 @@ def train(X, y, X_val, y_val, config: TrainConfig = TrainConfig(), params: dict 
     """
     config.validate()
     num_classes = None if params is None else np.shape(params["W2"])[1]
-    num_classes = check_data(X, y, X_val, y_val, num_classes)
+    # Given params take rows of W1's height (after the transform, when there is one).
+    num_features = None if params is None or input_transform is not None else \
+        np.shape(params["W1"])[0]
+    num_classes = check_data(X, y, X_val, y_val, num_classes, num_features)
     augments = bool(config.flip or config.translate)
     check_augmentable(augments, np.shape(X)[1])
     transform = check_transform(input_transform, np.shape(X)[1])

@@ -34,6 +34,7 @@ from .kernels import device_array, training_rows
 from .loop import LoopProgress, Schedule, compiled, compiled_chunk_fn, make_schedule, run_chunks
 from .optim import learning_rate_at
 from .step import init_state
+from .validate import params_finite
 
 # Optimizer state per parameter entry, in units of the parameter's size.
 OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adam": 2, "adamw": 2}
@@ -215,8 +216,8 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
     devices, or every process's in a multi-process job (``jaxnet.distributed``),
     which must then run ``run_sweep`` with the same arguments on every process
     (refused, ValueError, when the data or the configs differ). ``progress(group, num_groups, done, total)`` is called between
-    compiled chunks. A config whose loss becomes NaN or infinite is marked
-    "diverged" and never chosen as best; the others are unaffected.
+    compiled chunks. A config whose loss or best params become NaN or infinite is
+    marked "diverged" and never chosen as best; the others are unaffected.
     ``keep_params`` keeps every config's final params in its result.
     ``input_transform`` (mean (D,), matrix (D, k) or (D,)) maps rows to the
     networks' inputs ``(X - mean) @ matrix`` exactly as in ``solver.train``, so
@@ -280,14 +281,17 @@ def run_sweep(configs: Sequence[TrainConfig], X, y, X_val, y_val,
                     loop_transform, saved and saved.loop_hook((g, start), results, best))
                 seconds = (time.perf_counter() - t0) / len(chunk)
                 for k, (i, history) in enumerate(zip(chunk, histories)):
-                    diverged = not np.all(np.isfinite(history["loss_history"]))
+                    config_best = {n: v[k] for n, v in best_params.items()}
+                    # NaN params with a finite loss: e.g. an average that blew up.
+                    diverged = not (np.all(np.isfinite(history["loss_history"]))
+                                    and params_finite(config_best))
                     results[i] = ConfigResult(
                         configs[i], "diverged" if diverged else "ok", float(best_val[k]),
                         history["val_acc_history"][-1], history["train_acc_history"][-1],
                         history["loss_history"][-1], history, seconds,
                         {n: v[k] for n, v in params.items()} if keep_params else None)
                     if not diverged and best_val[k] > best[1]:
-                        best = (i, float(best_val[k]), {n: v[k] for n, v in best_params.items()})
+                        best = (i, float(best_val[k]), config_best)
                 if saved is not None:
                     saved.chunk_done(results, best)
     if saved is not None:
@@ -310,7 +314,7 @@ class _SweepProgress:
     def restore(self, configs: list, results: list) -> tuple:
         """Fill ``results`` with the saved finished configs; return the saved best
         (index, val_acc, params), or the empty best when nothing was saved."""
-        found = self.checkpoint.load(self.identity)
+        found = self.checkpoint.load(self.identity, self._check_records)
         if found is None:
             return None, -1.0, None
         arrays, meta = found
@@ -330,6 +334,29 @@ class _SweepProgress:
         if meta.get("position") is not None:
             self.position, self.loop = tuple(meta["position"]), (arrays, meta["step"])
         return best
+
+    def _check_records(self, arrays: dict, meta: dict) -> None:
+        """Raise ``CorruptCheckpoint`` for finished records that no sweep can write:
+        accuracies outside [0, 1], an unknown status, a best that is not a finished,
+        non-diverged config (the chunk in training is checked by ``resume.read_loop``)."""
+        num_configs = len(self.identity["configs"])
+        try:
+            finished = {int(i): r for i, r in meta["finished"].items()}
+            wrong = [i for i, r in finished.items() if not (
+                0 <= i < num_configs and r["status"] in ("ok", "diverged")
+                and all(0 <= r[f] <= 1 for f in ("val_acc", "final_val_acc", "final_train_acc")
+                        if r[f] == r[f]))]   # r[f] != r[f]: NaN, a diverged config's
+            best = meta["best"]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise resume.CorruptCheckpoint(f"its sweep records are malformed ({exc!r})") from None
+        if wrong:
+            raise resume.CorruptCheckpoint(f"the records of configs {wrong[:5]} hold values no "
+                                           f"sweep gives")
+        if best is not None and finished.get(best, {}).get("status") != "ok":
+            raise resume.CorruptCheckpoint(f"its best config {best!r} is not a finished one")
+        if best is not None and not params_finite(
+                {n: arrays.get(f"best/{n}", np.nan) for n in model.PARAM_NAMES}):
+            raise resume.CorruptCheckpoint("its best params are missing or not finite")
 
     def save(self, results: list, best: tuple, position=None,
              loop: LoopProgress | None = None) -> None:
@@ -366,12 +393,12 @@ class _ChunkHook:
     def __init__(self, progress: _SweepProgress, position: tuple, results: list, best: tuple):
         self.progress, self.position, self.results, self.best = progress, position, results, best
 
-    def restore(self, template, total: int) -> LoopProgress | None:
+    def restore(self, template, schedule: Schedule, num_val: int) -> LoopProgress | None:
         if self.progress.position != self.position:
             return None
         arrays, step = self.progress.loop
         try:
-            return resume.read_loop(arrays, step, template, total)
+            return resume.read_loop(arrays, step, template, schedule, num_val)
         except resume.CorruptCheckpoint as exc:
             raise ValueError(f"cannot resume from {self.progress.checkpoint.path}: {exc}") \
                 from None

@@ -20,10 +20,12 @@ from .model import PARAM_NAMES, param_shapes
 MAX_CLASSES = 2**16
 
 
-def check_features(X, name: str = "X", num_features: int | None = None) -> np.ndarray:
+def check_features(X, name: str = "X", num_features: int | None = None,
+                   expected_by: str = "the model expects") -> np.ndarray:
     """Check that ``X`` is a finite 2-D float array ``(N, D)`` and return it as numpy.
 
-    ``num_features``, when given, is the ``D`` the model expects.
+    ``num_features``, when given, is the ``D`` that ``expected_by`` (words that end
+    the message, e.g. "X_train has") asks for.
     """
     X = np.asarray(X)
     if X.ndim != 2:
@@ -36,7 +38,7 @@ def check_features(X, name: str = "X", num_features: int | None = None) -> np.nd
         raise ValueError(f"{name} must hold numbers; got dtype {X.dtype}")
     if num_features is not None and X.shape[1] != num_features:
         raise ValueError(
-            f"{name} has {X.shape[1]} features per row but the model expects {num_features}")
+            f"{name} has {X.shape[1]} features per row but {expected_by} {num_features}")
     # A sum is NaN or infinite whenever an entry is, in one pass and without the
     # (N, D) temporary of isfinite (0.1-0.4 s for CIFAR-10 with page faults); only
     # a non-finite sum (or an overflowing one) pays for the exact count.
@@ -208,3 +210,8 @@ def declared(headers: dict) -> dict[str, np.ndarray]:
     shape and dtype, which costs no memory, for checks written against arrays."""
     return {name: np.broadcast_to(np.zeros((), dtype), shape)
             for name, (shape, dtype) in headers.items()}
+
+
+def params_finite(params: dict) -> bool:
+    """Whether every entry of every array in ``params`` is finite (no NaN, no infinity)."""
+    return all(bool(np.all(np.isfinite(np.asarray(v)))) for v in params.values())

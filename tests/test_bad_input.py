@@ -25,7 +25,7 @@ from cifar_format import write_cifar10
 from conftest import REPO
 from jaxnet import data, download, preprocess, runs, search, solver
 from jaxnet.config import TrainConfig
-from jaxnet.saved_model import MARKER, load_model, save_model
+from jaxnet.saved_model import MARKER, check_complete, load_model, save_model
 from jaxnet.commands import cli
 from jaxnet.commands import sweep as sweep_command
 from jaxnet.validate import MAX_CLASSES, npz_headers
@@ -143,11 +143,11 @@ def test_history_with_nan_is_written_as_valid_json_with_null(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == {"final_loss": None}
 
 
-def test_prepare_out_refuses_files_reuse_and_unwritable_places(tmp_path):
+def test_claim_out_refuses_files_reuse_and_unwritable_places(tmp_path):
     # A file; a reused folder without --overwrite (nothing touched).
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=r"--out .*file is a file; give a folder"):
-        runs.prepare_out(tmp_path / "file")
+        runs.claim_out(tmp_path / "file")
     old = tmp_path / "old"
     old.mkdir()
     for name in ("weights.png", "params.npz", MARKER):
@@ -155,26 +155,26 @@ def test_prepare_out_refuses_files_reuse_and_unwritable_places(tmp_path):
     (old / "best").mkdir()
     with pytest.raises(ValueError, match=r"already holds COMPLETE, best, params.npz, "
                                          r"weights.png; give a new folder, or --overwrite"):
-        runs.prepare_out(old)
+        runs.claim_out(old)
     assert sorted(os.listdir(old)) == ["COMPLETE", "best", "params.npz", "weights.png"]
     # --overwrite clears what the commands write, and refuses (never deletes) anything else.
     (old / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"--overwrite clears only what jaxnet writes.*notes.txt"):
-        runs.prepare_out(old, overwrite=True)
+        runs.claim_out(old, overwrite=True)
     assert len(os.listdir(old)) == 5
     (old / "notes.txt").unlink()
-    runs.prepare_out(old, overwrite=True)
+    runs.claim_out(old, overwrite=True).release()
     assert os.listdir(old) == []
-    # A new folder is probed, then removed again: a failing run leaves no empty folder.
-    runs.prepare_out(tmp_path / "new" / "deeper")
+    # A new folder is made for the lock, and removed again when nothing was written.
+    lock = runs.claim_out(tmp_path / "new" / "deeper")
+    assert os.listdir(tmp_path / "new" / "deeper") == [".lock"]
+    lock.release()
     assert not (tmp_path / "new").exists()
     # Unwritable: below a file, and on a file system that refuses writes.
     with pytest.raises(ValueError, match=r"--out .*file/sub is not writable"):
-        runs.prepare_out(tmp_path / "file" / "sub")
-    if os.access("/sys", os.W_OK) and not os.path.isdir("/sys/kernel"):
-        pytest.skip("no read-only place to write to")
+        runs.claim_out(tmp_path / "file" / "sub")
     with pytest.raises(ValueError, match=r"--out /sys/jaxnet-run is not writable"):
-        runs.prepare_out("/sys/jaxnet-run")
+        runs.claim_out("/sys/jaxnet-run")
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -223,7 +223,11 @@ def test_diverged_train_run_is_saved_with_null_and_ends_with_an_error(npz, tmp_p
     history = json.loads((out / "history.json").read_text())   # valid JSON: null, not NaN
     assert None in history["loss_history"]
     assert json.loads((out / "metrics.json").read_text())["diverged"] is True
-    assert (out / MARKER).exists()   # the folder is a complete record of a failed run
+    # Its params are NaN: kept as a record, never marked complete, refused by predict.
+    assert "its params are not finite" in proc.stderr
+    assert not (out / MARKER).exists()
+    with pytest.raises(ValueError, match="holds a run that diverged"):
+        check_complete(out)
 
 
 def test_num_test_and_eval_test_checks():
@@ -254,8 +258,12 @@ def test_memory_estimate_refuses_runs_beyond_the_device_and_the_budget():
         with pytest.raises(ValueError, match=r"needs about [0-9.]+ GiB .* more than the "
                                              r"[0-9.]+ GiB this device has"):
             runs.check_memory(config, 1, dataset, CPU)
-    with pytest.raises(ValueError, match=r"more than the 0.0 GiB of --max-memory"):
+    # Sizes under 1 GiB are given in MiB or KiB, never as "0.0 GiB".
+    with pytest.raises(ValueError, match=r"needs about [0-9.]+ MiB .* more than the 1.0 KiB "
+                                         r"of --max-memory"):
         runs.check_memory(ok, 1, dataset, CPU, max_memory=1000)
+    assert [runs.memory_size(n) for n in (3 * 2**30, 0.25 * 2**20, 1536)] == [
+        "3.0 GiB", "256.0 KiB", "1.5 KiB"]
     # A group of runs that together exceed the device needs --max-memory (chunks).
     wide = TrainConfig(hidden_size=4000, num_iters=10)
     one_gib = 3072 * 4000 * 4 * 3 / GIB

@@ -134,9 +134,21 @@ def test_inconsistent_progress_is_refused(images, tmp_path, monkeypatch):
     path = tmp_path / "progress.npz"
     (tmp_path / "progress.previous.npz").unlink()
     good = dict(np.load(path))
-    for name, value, message in [("state/0", np.zeros((3, 3), np.float32), "state leaf 0"),
-                                 ("outputs/val_correct", -np.ones((1, 30), np.int32),
-                                  "counters are out of range")]:
+    # The loop's counters are its last int32 scalars: best_val_correct, stale, stopped_at.
+    counters = [k for k in sorted((k for k in good if k.startswith("state/")),
+                                  key=lambda k: int(k.split("/")[1]))
+                if good[k].shape == () and good[k].dtype == np.int32][-3:]
+    best, _, stopped_at = counters
+    assert good[stopped_at] == AUGMENTED.num_iters and 0 <= good[best] <= len(data[3])
+    for name, value, message in [
+            ("state/0", np.zeros((3, 3), np.float32), "state leaf 0"),
+            ("outputs/val_correct", -np.ones((1, 30), np.int32), "validation hits beyond"),
+            ("outputs/val_correct", np.full((1, 30), 100000, np.int32), "validation hits beyond"),
+            ("outputs/train_correct", np.full((1, 30), 21, np.int32), "training hits beyond"),
+            (best, np.array(100000, np.int32), "a best validation count that no validation"),
+            (best, good[best] + 1, "a best validation count that no validation"),
+            # A stop after step 1: before any validation could have stopped the run.
+            (stopped_at, np.array(1, np.int32), "an early stop where no validation")]:
         np.savez(path, **{**good, name: value})
         with pytest.raises(ValueError, match=message):
             solver.train(*data, AUGMENTED, chunk_size=10,
@@ -173,6 +185,41 @@ def test_sweep_resumed_in_its_second_group_equals_uninterrupted(images, tmp_path
     again = sweep.run_sweep(configs, *data, chunk_size=10, keep_params=True,
                             checkpoint=resume.Checkpoint(tmp_path, every=1e-9, resume=True))
     assert [r.val_acc for r in again.results] == [r.val_acc for r in whole.results]
+
+
+def test_sweep_progress_with_impossible_values_is_not_trusted(images, tmp_path, monkeypatch):
+    """Well-formed sweep progress with values no sweep writes: the previous file is used
+    (finished records), or the resume is refused (the chunk in training)."""
+    data = [images[k] for k in ("X_train", "y_train", "X_val", "y_val")]
+    configs = sweep.grid(AUGMENTED, hidden_size=[20, 30], learning_rate=[1e-3, 3e-3])
+    whole = sweep.run_sweep(configs, *data, chunk_size=10)
+    restore = kill_after(monkeypatch, sweep._ChunkHook, 12)
+    with pytest.raises(Killed):
+        sweep.run_sweep(configs, *data, chunk_size=10,
+                        checkpoint=resume.Checkpoint(tmp_path, every=1e-9))
+    restore()
+    path = tmp_path / "progress.npz"
+    good = dict(np.load(path))
+    meta = json.loads(str(good["meta"]))
+    # A finished config's accuracy of 500: the previous file (one chunk earlier) is used.
+    meta["finished"]["0"]["val_acc"] = 500.0
+    np.savez(path, **{**good, "meta": np.array(json.dumps(meta))})
+    notes = []
+    resumed = sweep.run_sweep(configs, *data, chunk_size=10, checkpoint=resume.Checkpoint(
+        tmp_path, every=0, resume=True, say=notes.append))
+    assert len(notes) == 1 and "progress.npz is inconsistent" in notes[0] \
+        and "hold values no sweep gives" in notes[0]
+    assert [r.val_acc for r in resumed.results] == [r.val_acc for r in whole.results]
+    assert resumed.best_index == whole.best_index
+    # The chunk in training with a best-validation count of 100000 (of 100 rows): refused.
+    counts = [k for k in good if k.startswith("state/") and good[k].dtype == np.int32
+              and good[k].shape == (2,)]
+    best = sorted(counts, key=lambda k: int(k.split("/")[1]))[-3]
+    np.savez(path, **{**good, best: np.full(2, 100000, np.int32)})
+    (tmp_path / "progress.previous.npz").unlink()
+    with pytest.raises(ValueError, match="a best validation count that no validation gave"):
+        sweep.run_sweep(configs, *data, chunk_size=10,
+                        checkpoint=resume.Checkpoint(tmp_path, every=0, resume=True))
 
 
 def test_search_resumed_in_its_second_stage_equals_uninterrupted(images, tmp_path,

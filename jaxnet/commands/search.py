@@ -176,8 +176,8 @@ def command():
     # The answer is evaluated on test (run_search refuses a dataset without one).
     num_test = runs.check_test_split(dataset, "X_test" in dataset, args.num_test)
     search.check_plan(plan, dataset, device, args.max_memory and args.max_memory * 2**20)
-    if distributed.is_writer() and not args.resume:
-        runs.prepare_out(out, args.overwrite)
+    if distributed.is_writer():
+        runs.claim_out(out, args.overwrite, resuming=bool(args.resume))
     bar = cli.ProgressBar("search")
 
     def say(message):

@@ -159,8 +159,8 @@ def command():
                               max_memory=args.max_memory and args.max_memory * 2**20)
     transforms = search.fit_transforms(kinds, dataset["X_train"], args.pca_components,
                                        args.whiten_eps)
-    if distributed.is_writer() and not args.resume:
-        runs.prepare_out(out, args.overwrite)
+    if distributed.is_writer():
+        runs.claim_out(out, args.overwrite, resuming=bool(args.resume))
     checkpoint = cli.open_checkpoint(args, out, say=lambda message: print(message,
                                                                            file=sys.stderr))
     checkpoint.stop_if_requested()

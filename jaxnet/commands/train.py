@@ -56,6 +56,8 @@ import numpy as np
 from jaxnet import budget, precision, preprocess, runs
 from jaxnet.commands import cli
 from jaxnet.download import DownloadError
+from jaxnet.saved_model import MARKER
+from jaxnet.validate import params_finite
 from jaxnet.solver import notebook_printer, train
 from jaxnet.config import PRESET_BUDGET, PRESETS, PRESET_PREPROCESS, TrainConfig
 
@@ -110,8 +112,7 @@ def command():
     num_test = runs.check_test_split(dataset, args.eval_test, args.num_test)
     runs.check_memory(config, 1, dataset, device,
                       input_size=args.pca_components if kind == "pca" else None)
-    if not args.resume:
-        runs.prepare_out(out, args.overwrite)
+    runs.claim_out(out, args.overwrite, resuming=bool(args.resume))
 
     bar = cli.ProgressBar("training")
     printer = notebook_printer() if args.verbose else None
@@ -137,21 +138,28 @@ def command():
         bar.finish()
         losses = np.asarray(result.history["loss_history"])
         diverged = np.flatnonzero(~np.isfinite(losses))
+        # A model with NaN or infinite params is kept as a record, never marked complete.
+        usable = params_finite(result.best_params) and params_finite(result.params)
         # The run folder keeps the mean image and the fitted transform with the params,
         # so a loaded model preprocesses new images itself (scripts/predict.py).
         metrics = runs.save_run(out, config, kind, transform, result.best_params,
                                 result.history, dataset, args.eval_test, num_test,
                                 final_val_acc=result.history["val_acc_history"][-1],
                                 wall_s=result.wall_s, checkpoint_wall_s=checkpoint.seconds_saving,
-                                device=str(device), diverged=bool(diverged.size))
+                                device=str(device), diverged=bool(diverged.size) or not usable,
+                                complete=usable)
     checkpoint.remove()
     print(" ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "_acc" in k) +
           f"  ({metrics['wall_s']:.1f} s on {device})")
     print(f"run saved in {out}/ ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    kept = "" if usable else f"; its params are not finite, so {out}/ has no {MARKER} mark"
     if diverged.size:
         raise ValueError(f"training diverged: the loss became {losses[diverged[0]]} at iteration "
-                         f"{diverged[0]} (recorded as null in {out}/history.json); lower "
+                         f"{diverged[0]} (recorded as null in {out}/history.json){kept}; lower "
                          f"--learning-rate or --std")
+    if not usable:
+        raise ValueError(f"training diverged: the loss stayed finite but the params became NaN "
+                         f"or infinite{kept}; lower --learning-rate, or --ema if given")
 
 
 def time_budget(args, config_flags: dict) -> float:
@@ -168,8 +176,8 @@ def run_config(args, config: TrainConfig, minutes: float, out: Path, dataset: di
                input_transform, num_test: int) -> TrainConfig:
     """The config the run trains: ``config`` with compute_dtype "auto" decided
     (``jaxnet.precision``) and, under a budget of ``minutes``, num_iters fitted
-    (``jaxnet.budget``), both printed. Saved in the run's checkpoint folder, so that --resume trains the same
-    config, never deciding again."""
+    (``jaxnet.budget``), both printed. Saved in the run's checkpoint folder, so that
+    --resume trains the same config, never deciding again."""
     fixed = out / FIXED_CONFIG
     if args.resume and fixed.is_file():
         return TrainConfig(**json.loads(fixed.read_text())).validate()
