@@ -4,6 +4,7 @@ lost, and progress files readable like every other output.
 The concurrent writers are real processes; the full disk and the read-only folder
 are a real tmpfs mounted by the test (tests run as root).
 """
+import argparse
 import contextlib
 import json
 import os
@@ -178,3 +179,29 @@ def test_values_that_round_out_of_range_are_refused_before_training(npz, tmp_pat
     proc = train("--data", npz, "--out", tmp_path / "run", "--num-iters", 300, *flags)
     one_error_line(proc, message)
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- messages
+
+def test_messages_name_the_right_argument(tmp_path):
+    from jaxnet import preprocess
+    from jaxnet.commands import cli
+    from jaxnet.compat import TwoLayerNet
+    rng = np.random.RandomState(0)
+    X, y = rng.randn(20, 4).astype(np.float32), np.arange(20) % 3
+    net = TwoLayerNet(4, 10, 3)
+    with pytest.raises(ValueError, match="^X_train has 3 features per row but the model "
+                                         "expects 4$"):
+        net.train(X[:, :3], y, X, y)
+    with pytest.raises(ValueError, match="^X_val has 3 features per row but X_train has 4$"):
+        net.train(X, y, X[:, :3], y)
+    (tmp_path / "file").write_text("x")
+    parser = cli.Parser()
+    with pytest.raises(ValueError, match="is a file; give the run's folder"):
+        cli.resolve_resume(parser, argparse.Namespace(resume=str(tmp_path / "file")), [])
+    with pytest.raises(ValueError, match="no such folder"):
+        cli.resolve_resume(parser, argparse.Namespace(resume=str(tmp_path / "none")), [])
+    with pytest.raises(ValueError, match="is a folder; give an image file"):
+        preprocess.read_image(tmp_path)
+    with pytest.raises(ValueError, match="no such file"):
+        preprocess.read_image(tmp_path / "none.png")
