@@ -205,3 +205,28 @@ def test_messages_name_the_right_argument(tmp_path):
         preprocess.read_image(tmp_path)
     with pytest.raises(ValueError, match="no such file"):
         preprocess.read_image(tmp_path / "none.png")
+
+
+def test_a_sweep_never_chooses_a_config_whose_params_are_not_finite(monkeypatch):
+    """A config whose loss stayed finite but whose best params are NaN is "diverged"."""
+    from jaxnet import sweep
+    from jaxnet.config import TrainConfig
+    rng = np.random.RandomState(0)
+    y, y_val = rng.randint(0, 3, 60), rng.randint(0, 3, 20)
+    X = (rng.randn(60, 12) + y[:, None]).astype(np.float32)
+    X_val = (rng.randn(20, 12) + y_val[:, None]).astype(np.float32)
+    configs = sweep.grid(TrainConfig(hidden_size=8, num_iters=30, batch_size=10, std=0.1),
+                         learning_rate=[1e-1, 1e-6])
+    honest = sweep.run_sweep(configs, X, y, X_val, y_val)
+    assert honest.best_index == 0 and honest.results[0].status == "ok"
+    original = sweep._train_chunk
+
+    def nan_for_the_first(*args, **kwargs):
+        params, best_params, histories, best_val = original(*args, **kwargs)
+        best_params = {k: v.copy() for k, v in best_params.items()}
+        best_params["W1"][0, 0, 0] = np.nan
+        return params, best_params, histories, best_val
+    monkeypatch.setattr(sweep, "_train_chunk", nan_for_the_first)
+    result = sweep.run_sweep(configs, X, y, X_val, y_val)
+    assert [r.status for r in result.results] == ["diverged", "ok"]
+    assert result.best_index == 1
