@@ -78,10 +78,19 @@ def cpu_rule(flags: frozenset) -> str | None:
     return None
 
 
+def default_device(device=None) -> jax.Device:
+    """``device``, else the device computations go to: JAX's default device (as
+    ``jax.default_device`` sets it), else the first."""
+    device = device or jax.config.jax_default_device
+    if isinstance(device, str):
+        return jax.devices(device)[0]
+    return device or jax.devices()[0]
+
+
 def machine_key(shapes: tuple, device=None) -> str:
     """The cache key of a calibration at ``shapes`` (H, D, B) on ``device`` (default: JAX's
     default device): everything that changes which product is faster."""
-    device = device or jax.devices()[0]
+    device = default_device(device)
     name, flags = cpu_info()
     return json.dumps({"cpu": name, "flags": sorted(flags), "device": device.device_kind,
                        "platform": device.platform, "jax": jax.__version__,
@@ -112,7 +121,7 @@ def time_products(shapes: tuple, device=None) -> dict:
     {"float32": s, "bfloat16": s}.
     """
     H, D, B = shapes
-    device = device or jax.devices()[0]
+    device = default_device(device)
     k1, k2 = jax.random.split(jax.random.key(0))
     W1 = jax.device_put(jax.random.normal(k1, (H, D), jnp.float32), device)
     X = jax.device_put(jax.random.normal(k2, (B, D), jnp.float32), device)
@@ -144,16 +153,17 @@ def choose(shapes: tuple, device=None, timer: Callable | None = None,
     """The faster precision for a network of shapes (H, D, B) on ``device`` (see the module
     docstring); ``timer(shapes, device)`` measures (default ``time_products``), ``cache``
     keeps its answers (default ``cache_path()``)."""
-    device = device or jax.devices()[0]
+    device = default_device(device)
     if device.platform == "cpu":
         rule = cpu_rule(cpu_info()[1])
         if rule:
             return Choice("float32", rule, {})
     cache = cache or cache_path()
     key = machine_key(shapes, device)
-    cached = _read_cache(cache)
-    if key in cached:
-        choice = compare(cached[key])
+    seconds = _read_cache(cache).get(key)
+    if (isinstance(seconds, dict) and set(seconds) == {"float32", "bfloat16"}
+            and all(isinstance(v, (int, float)) and v > 0 for v in seconds.values())):
+        choice = compare(seconds)
         return choice._replace(reason=choice.reason + ", measured earlier on this machine")
     seconds = (timer or time_products)(shapes, device)
     try:

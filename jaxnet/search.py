@@ -37,7 +37,7 @@ import numpy as np
 
 from . import preprocess, resume, runs, sweep
 from .saved_model import mark_complete
-from .config import PRESET_PREPROCESS, PRESETS, TrainConfig
+from .config import PRESET_BUDGET, PRESET_PREPROCESS, PRESETS, TrainConfig
 
 CHOICES = ("none",) + preprocess.KINDS
 BASE = TrainConfig(batch_size=200, reg=0.0, optimizer="adam", schedule="cosine", flip=True)
@@ -220,11 +220,13 @@ def describe_ranges(ranges: dict) -> dict:
 def train_command(config: TrainConfig, kind: str, plan: SearchPlan,
                   data_flags: Sequence[str] = ()) -> str:
     """The scripts/train.py command line that trains ``config`` with preprocessing ``kind``:
-    ``--preset best`` and the fields that differ from it, then ``data_flags``."""
+    ``--preset best`` and the fields that differ from it (and num_iters, which would
+    otherwise be the preset's time budget's), then ``data_flags``."""
     flags = ["--preset", "best"]
     for field in dataclasses.fields(TrainConfig):
         value = getattr(config, field.name)
-        if value != getattr(PRESETS["best"], field.name):
+        if value != getattr(PRESETS["best"], field.name) or (
+                field.name == "num_iters" and PRESET_BUDGET["best"]):
             # The field's flag, as the train command spells it: hidden_size -> --hidden-size.
             flag = "--" + field.name.replace("_", "-")
             flags += [flag, str(int(value) if isinstance(value, bool) else value)]

@@ -56,7 +56,8 @@ def test_a_cpu_without_bfloat16_instructions_takes_float32_untimed(cpu):
 def test_the_avx2_limit_is_decided_by_timing(cpu, monkeypatch):
     """XLA_FLAGS=--xla_cpu_max_isa=AVX2 leaves the CPU's flags as they are: bfloat16
     products emulated no faster than float32 ones must give float32."""
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2 --xla_cpu_experimental_ynn_fusion_type=")
+    monkeypatch.setenv("XLA_FLAGS",
+                       "--xla_cpu_max_isa=AVX2 --xla_cpu_experimental_ynn_fusion_type=")
     assert precision.choose((2000, 3072, 200), timer=Timer(0.052, 0.053)).dtype == "float32"
     monkeypatch.setenv("XLA_FLAGS", "")
     assert precision.choose((2000, 3072, 200), timer=Timer(0.050, 0.027)).dtype == "bfloat16"
@@ -89,6 +90,10 @@ def test_a_damaged_cache_is_measured_again(cpu, tmp_path):
     assert precision.choose((8, 4, 2), timer=timer).dtype == "float32"
     assert timer.calls == [(8, 4, 2)]
     assert list(json.loads(path.read_text()).values()) == [{"float32": 1.0, "bfloat16": 2.0}]
+    key = precision.machine_key((8, 4, 2))
+    path.write_text(json.dumps({key: {"float32": 0, "bfloat16": "fast"}}))
+    assert precision.choose((8, 4, 2), timer=timer).dtype == "float32"
+    assert len(timer.calls) == 2
 
 
 def test_cpu_info_reads_the_model_and_flags(tmp_path):

@@ -88,13 +88,15 @@ def test_iterations_per_epoch_budget():
 
 def test_train_command_lists_what_differs_from_the_best_preset():
     plan = search.SearchPlan(whiten_eps=0.1)
+    # num_iters always: without it the preset's time budget would set the length.
     assert search.train_command(PRESETS["best"], "standardize", plan) == \
-        "python scripts/train.py --preset best --eval-test"
+        "python scripts/train.py --preset best --num-iters 36751 --eval-test"
     assert search.train_command(PRESETS["best"], "none", plan) == \
-        "python scripts/train.py --preset best --preprocess none --eval-test"
+        "python scripts/train.py --preset best --num-iters 36751 --preprocess none --eval-test"
     config = dataclasses.replace(PRESETS["best"], learning_rate=3.3e-05, translate=3, flip=False)
     command = search.train_command(config, "zca", plan, ["--data-dir", "my data"])
-    assert command == ("python scripts/train.py --preset best --learning-rate 3.3e-05 "
+    assert command == ("python scripts/train.py --preset best --num-iters 36751 "
+                       "--learning-rate 3.3e-05 "
                        "--flip 0 --translate 3 --preprocess zca --whiten-eps 0.1 --eval-test "
                        "--data-dir 'my data'")
     assert "--pca-components 400" in search.train_command(config, "pca", plan)
