@@ -8,9 +8,11 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -230,3 +232,40 @@ def test_a_sweep_never_chooses_a_config_whose_params_are_not_finite(monkeypatch)
     result = sweep.run_sweep(configs, X, y, X_val, y_val)
     assert [r.status for r in result.results] == ["diverged", "ok"]
     assert result.best_index == 1
+
+
+def test_permission_denied_is_one_line_with_what_to_do(tmp_path):
+    """As an unprivileged user (root writes anywhere): a folder it may not write."""
+    from jaxnet.commands import cli
+    from jaxnet.files import atomic_write
+    # Outside pytest's private (0700) folder, so that the user can reach the folder.
+    top = Path(tempfile.mkdtemp(prefix="jaxnet-permissions-"))
+    top.chmod(0o755)
+    locked = top / "locked"
+    locked.mkdir(mode=0o755)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: drop to nobody, try, report through the pipe
+        messages = []
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            for attempt in (lambda: runs.claim_out(locked / "run"),
+                            lambda: atomic_write(locked / "metrics.json", lambda f: f.write(b"{}"))):
+                try:
+                    attempt()
+                    messages.append("no error")
+                except (ValueError, OSError) as exc:
+                    messages.append(cli.describe_error(exc))
+        finally:
+            os.write(write, json.dumps(messages).encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        messages = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    shutil.rmtree(top)
+    assert messages == [
+        f"--out {locked}/run is not writable: Permission denied",
+        f"{locked}/metrics.json: Permission denied; this user may not write there; give another "
+        f"folder or change its permissions"]
