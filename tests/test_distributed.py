@@ -9,6 +9,7 @@ process quickly with one clear line.
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -172,10 +173,15 @@ def test_killed_process_stops_the_other_and_resume_finishes(rows, tmp_path):
     assert time.monotonic() - killed_at < 30
     assert status == 3
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "process 0 lost contact with the other processes" in lines[0]
+    # Its next collective fails, or, in a longer chunk, the killed process's heartbeat
+    # stops first.
+    assert len(lines) == 1 and lines[0].startswith((
+        "error: process 0 lost contact with the other processes",
+        "error: process 0 heard nothing from process(es) 1")), stderr
     assert "--resume" in lines[0] and "Traceback" not in stderr
-    # No result file was begun; the checkpoint files are complete (written atomically).
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint"]
+    # No result file was begun (the run folder's lock stays, held by no one); the
+    # checkpoint files are complete (written atomically).
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint"]
     assert not [p for p in (out / "checkpoint").iterdir() if p.name.startswith(".")]
     saved = json.loads(str(np.load(progress)["meta"]))
     assert len(saved["finished"]) < 6
@@ -246,33 +252,118 @@ def test_processes_with_different_data_are_refused(rows, tmp_path):
                                                   1: args + ["--data", str(other)]}))
     for status, _, stderr in ended:
         assert status == 2
-        assert "error: the data differ between processes: process(es) 1 hold other data than " \
-               "process 0" in stderr
+        lines = [line for line in stderr.splitlines() if line.startswith("error")]
+        # Each process finds the difference; the first to stop the job tells the other.
+        assert len(lines) == 1 and lines[0].endswith(
+            "the data differ between processes: process(es) 1 hold other data than process 0 "
+            "(checksums differ); every process must read the same dataset"), stderr
         assert "Traceback" not in stderr
     assert not (tmp_path / "out" / "results.json").exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+SALLOC = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2", "SLURM_JOB_NODELIST": "vm"}  # no step
+
+
+@pytest.mark.parametrize("flags, env, message", [
+    (["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"], {},
      "--process-id must be in [0, 1] for --num-processes 2; got 2"),
-    (["--num-processes", "2", "--process-id", "1"], "--coordinator missing"),
-    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "1"],
+    (["--num-processes", "2", "--process-id", "1"], {}, "--coordinator missing"),
+    (["--coordinator", "localhost", "--num-processes", "2", "--process-id", "1"], {},
      "--coordinator must be HOST:PORT"),
     (["--coordinator", "127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1",
-      "--join-timeout", "3"], "could not join the job within --join-timeout 3 s: nothing "
-                              "answers at 127.0.0.1:"),
+      "--join-timeout", "3"], {}, "could not join the job within --join-timeout 3 s: nothing "
+                                  "answers at 127.0.0.1:"),
+    (["--coordinator", "127.0.0.1:{port}", "--num-processes", "2", "--process-id", "0",
+      "--join-timeout", "3"], {}, "could not join the job within --join-timeout 3 s: not "
+                                  "every process of the job joined"),
+    (["--coordinator", "127.0.0.1:{taken}", "--num-processes", "2", "--process-id", "0"], {},
+     "port {taken} of --coordinator is taken on this host"),
+    (["--join-timeout", "inf"], {}, "--join-timeout: must be a number of seconds in (0, 86400]"),
+    (["--join-timeout", "nan"], {}, "--join-timeout: must be a number of seconds in (0, 86400]"),
+    (["--join-timeout", "1e12"], {}, "--join-timeout: must be a number of seconds in (0, 86400]"),
+    (["--heartbeat-timeout", "99999999999"], {},
+     "--heartbeat-timeout: must be a number of seconds in (0, 86400]"),
+    ([], SALLOC, "this shell holds a SLURM allocation of 2 tasks but is none of them (started "
+                 "without srun): start the job with srun python "),
+    (["--num-processes", "3"], {**SALLOC, "SLURM_STEP_ID": "0", "SLURM_PROCID": "0"},
+     "--num-processes 3 disagrees with the scheduler's 2 tasks ($SLURM_NTASKS): leave "
+     "--num-processes out under srun or mpirun"),
 ])
-def test_bad_job_flags_give_one_line_and_status_2(rows, tmp_path, flags, message):
-    flags = [f.format(port=free_port()) for f in flags]
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep.py"), "--data",
-                           str(rows), "--num-iters", "10", "--out", str(tmp_path / "out"),
-                           *flags], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+def test_bad_job_flags_give_one_line_and_status_2(rows, tmp_path, flags, env, message):
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        ports = {"port": free_port(), "taken": taken.getsockname()[1]}
+        flags, message = [f.format(**ports) for f in flags], message.format(**ports)
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, str(REPO / "scripts" / "sweep.py"), "--data",
+                               str(rows), "--num-iters", "10", "--out", str(tmp_path / "out"),
+                               *flags], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu", **env})
     assert time.monotonic() - started < 40
     assert done.returncode == 2
     assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert "resume" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_error_on_one_process_ends_every_process(rows, tmp_path):
+    """Process 0 refuses its --out after joining; process 1, which has no such check,
+    stops at once with process 0's line and status instead of waiting in a collective."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    ended = finish(start("sweep.py", GRID + ["--num-iters", "100", "--data", str(rows),
+                                             "--out", str(out)]), timeout=60)
+    assert [status for status, _, _ in ended] == [2, 2], [e for _, _, e in ended]
+    first = ended[0][2].strip()
+    assert first.startswith(f"error: --out {out} already holds results.json"), first
+    lines = [line for line in ended[1][2].splitlines() if line.startswith("error")]
+    assert lines == [first.replace("error: ", "error: process 0 stopped the job: ", 1)]
+    assert lines[0] == ended[1][2].strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("case", ["other learning rates", "resume and fresh"])
+def test_processes_started_with_other_flags_are_refused(rows, tmp_path, case):
+    """Both processes end with the same line, naming the flag, before any collective."""
+    out = tmp_path / "out"
+    args = GRID + ["--num-iters", "100", "--data", str(rows), "--out", str(out)]
+    if case == "other learning rates":
+        other = [("1e-3" if a == "1e-3,3e-3,1e-2" else a) for a in args]
+        expected = ("error: process 1 was started with other flags than process 0 "
+                    "(--learning-rate 1e-3 where process 0 has 1e-3,3e-3,1e-2): start every "
+                    "process of the job with the same command and flags")
+    else:
+        (out / "checkpoint").mkdir(parents=True)
+        (out / "checkpoint" / "args.json").write_text("{}")  # a run that can be resumed
+        args, other = ["--resume", str(out), "--data", str(rows)], args
+        expected = (f"error: process 0 was started with --resume {out} and process 1 "
+                    f"without: start every process with --resume {out} to continue that run, "
+                    f"or every process without it for a new one")
+    ended = finish(start("sweep.py", args, extra={1: other}), timeout=60)
+    assert [status for status, _, _ in ended] == [2, 2], [e for _, _, e in ended]
+    # Process 0 compares the flags and stops the job; process 1 ends with its line.
+    for stderr, prefix in zip([e for _, _, e in ended], ["", "process 0 stopped the job: "]):
+        assert stderr.startswith(expected.replace("error: ", f"error: {prefix}", 1)), stderr
+        assert stderr.count("\n") == 1
+
+
+def test_a_stopped_job_says_to_restart_every_process(rows, tmp_path):
+    out = tmp_path / "out"
+    processes = start("sweep.py", GRID + ["--num-iters", "3000", "--data", str(rows), "--out",
+                                          str(out), "--checkpoint-every", "1e-9"])
+    progress = out / "checkpoint" / "progress-none.npz"
+    deadline = time.monotonic() + 180
+    while not progress.exists() and time.monotonic() < deadline and processes[0].poll() is None:
+        time.sleep(0.05)
+    for p in processes:
+        p.send_signal(signal.SIGTERM)
+    ended = finish(processes, timeout=60)
+    assert [status for status, _, _ in ended] == [143, 143], [e for _, _, e in ended]
+    for _, _, stderr in ended:
+        assert stderr.strip().splitlines()[-1].endswith(
+            f"continue with: every process of the job started again with --resume {out} "
+            f"(under SLURM: srun python {REPO / 'scripts' / 'sweep.py'} --resume {out})")
 
 
 def test_two_process_search_equals_one_process(tmp_path):

@@ -9,14 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable
 
-from jaxnet import distributed, resume
+from jaxnet import distributed, job_end, resume
 from jaxnet.files import atomic_write
 from jaxnet.saved_model import PROGRESS_FOLDER
 from jaxnet.search import CHOICES
@@ -55,7 +55,8 @@ def run(main: Callable[[], object], extra_errors: tuple = ()) -> None:
     progress (``resume.stop_on_signals``); the process then exits with 128 + the
     signal's number (130, 143) and one line saying how to continue. When another
     process of a multi-process job is lost, the process exits with status 3
-    (``distributed.PeerLost``).
+    (``distributed.PeerLost``). In a multi-process job an error ends every process
+    of the job with its status, each with one line (``job_end``).
     """
     try:
         with resume.stop_on_signals():
@@ -68,17 +69,26 @@ def run(main: Callable[[], object], extra_errors: tuple = ()) -> None:
             # A console command (jaxnet-train) runs as it is, a script with python.
             program = ["python", sys.argv[0]] if sys.argv[0].endswith(".py") else [sys.argv[0]]
             command = shlex.join([*program, "--resume", str(exc.saved.parent)])
+            if job_end.watched():
+                command = (f"every process of the job started again with --resume "
+                           f"{exc.saved.parent} (under SLURM: srun {command})")
             print(f"error: {exc}; continue with: {command}", file=sys.stderr)
         sys.exit(128 + exc.signum)
     except distributed.PeerLost as exc:
         # At once: JAX's shutdown at exit would wait for the lost process, then abort.
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(distributed.PEER_LOST_STATUS)
+        job_end.lost(f"error: {exc}")
     except USER_ERRORS + tuple(extra_errors) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if job_end.watched():
+            job_end.stop_job(2, f"error: {message}")
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:
+        if not job_end.watched():
+            raise
+        # A defect, not a user's error: its trace, and the other processes stop too.
+        traceback.print_exc()
+        job_end.stop_job(1, f"error: {type(exc).__name__}: {exc}")
     if late is not None:
         print(f"error: {signal.Signals(late).name} arrived as the run ended; its results are "
               f"complete", file=sys.stderr)
