@@ -189,7 +189,8 @@ def resolve(config: TrainConfig, input_size: int, device=None,
     if config.dtype != "float32":
         return dataclasses.replace(config, compute_dtype="float32")
     choice = choose((config.hidden_size, input_size, config.batch_size), device, **options)
-    say(f"compute dtype auto: {choice.dtype} ({choice.reason})")
+    say(f"compute dtype auto for hidden {config.hidden_size}, batch {config.batch_size}: "
+        f"{choice.dtype} ({choice.reason})")
     return dataclasses.replace(config, compute_dtype=choice.dtype)
 
 

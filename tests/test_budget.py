@@ -131,7 +131,8 @@ def test_budgeted_run_resumes_with_its_fixed_config_and_repeats_from_it(
     with pytest.raises(Killed):
         run(monkeypatch, *flags, "--out", out)
     # 30 s - (120 / 20 * 0.05 + 15) after training = 14.7 s; 95% at 50 ms per step.
-    assert "compute dtype auto: bfloat16 (injected)" in capsys.readouterr().out
+    assert "compute dtype auto for hidden 8, batch 20: bfloat16 (injected)" in \
+        capsys.readouterr().out
     assert asked == [("choose", (8, 3072, 20)), ("time_steps",)]
     saved = json.loads((out / train_command.FIXED_CONFIG).read_text())
     assert (saved["num_iters"], saved["compute_dtype"]) == (279, "bfloat16")

@@ -2,10 +2,13 @@
 place in configs, sweeps and the train function (no wall times are asserted)."""
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from jaxnet import precision, solver, sweep
 from jaxnet.config import PRESETS, TrainConfig
 
@@ -111,8 +114,8 @@ def test_resolve_decides_auto_only(cpu):
     resolved = precision.resolve(config, 12, say=lines.append, timer=timer)
     assert resolved == dataclasses.replace(config, compute_dtype="bfloat16")
     assert timer.calls == [(30, 12, 5)]
-    assert lines == ["compute dtype auto: bfloat16 (bfloat16 products took 0.50x the time of "
-                     "float32 ones (bfloat16 needs <= 0.9x))"]
+    assert lines == ["compute dtype auto for hidden 30, batch 5: bfloat16 (bfloat16 products "
+                     "took 0.50x the time of float32 ones (bfloat16 needs <= 0.9x))"]
     for fixed in ("float32", "bfloat16"):
         same = dataclasses.replace(config, compute_dtype=fixed)
         assert precision.resolve(same, 12, timer=timer) is same
@@ -145,3 +148,27 @@ def test_a_sweep_decides_once_per_group(cpu, monkeypatch):
 def test_the_best_preset_decides_its_precision():
     assert PRESETS["best"].compute_dtype == "auto"
     assert TrainConfig(compute_dtype="auto", dtype="float64").validate()
+
+
+def test_the_sweep_command_says_each_groups_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXNET_CACHE_DIR", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    path = tmp_path / "rows.npz"
+    np.savez(path, X_train=rng.normal(size=(20, 7)).astype(np.float32), y_train=np.arange(20) % 3,
+             X_val=rng.normal(size=(10, 7)).astype(np.float32), y_val=np.arange(10) % 3)
+    # Timings cached as if measured on this machine: the command reads, never measures.
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "precision.json").write_text(json.dumps({
+        precision.machine_key((h, 7, 5)): {"float32": 1.0, "bfloat16": 0.5} for h in (4, 6)}))
+    expected = "float32" if precision.cpu_rule(precision.cpu_info()[1]) else "bfloat16"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "sweep.py"), "--data", str(path),
+         "--hidden-size", "4,6", "--batch-size", "5", "--num-iters", "6", "--lr", "1e-3,2e-3",
+         "--reg", "0.1", "--compute-dtype", "auto", "--out", str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    said = [line for line in proc.stderr.splitlines() if line.startswith("compute dtype auto")]
+    assert [line.split(" (")[0] for line in said] == [
+        f"compute dtype auto for hidden {h}, batch 5: {expected}" for h in (4, 6)]
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    assert [row["compute_dtype"] for row in rows] == [expected] * 4

@@ -122,7 +122,8 @@ def test_best_preset_resolves_to_the_documented_settings(cifar_fixture, tmp_path
     assert {key: config[key] for key in BEST_PRESET} == {**BEST_PRESET, "num_iters": 3}
     # compute_dtype "auto": the run folder holds the precision chosen on this machine.
     assert config["compute_dtype"] in ("float32", "bfloat16")
-    assert f"compute dtype auto: {config['compute_dtype']} (" in proc.stdout
+    assert (f"compute dtype auto for hidden 2000, batch 200: {config['compute_dtype']} ("
+            in proc.stdout)
     checkpoint = np.load(out / "params.npz")
     assert checkpoint["W1"].shape == (3072, 2000)
     # Standardization travels with the checkpoint: one scale per pixel, three distinct values.

@@ -47,8 +47,9 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
-from jaxnet import distributed, runs, search, sweep
+from jaxnet import distributed, precision, runs, search, sweep
 from jaxnet.saved_model import mark_complete
 from jaxnet.commands import cli
 from jaxnet.download import DownloadError
@@ -164,6 +165,14 @@ def command():
     checkpoint = cli.open_checkpoint(args, out, say=lambda message: print(message,
                                                                            file=sys.stderr))
     checkpoint.stop_if_requested()
+    # compute_dtype "auto", decided and said once per group (run_sweep keeps the choice).
+    for kind, indices in search.by_kind(kinds).items():
+        matrix = None if transforms[kind] is None else transforms[kind].matrix
+        size = np.shape(dataset["X_train"] if matrix is None else matrix)[-1]
+        decided = precision.resolve_all([configs[i] for i in indices], size, device,
+                                        say=lambda message: print(message, file=sys.stderr))
+        for i, config in zip(indices, decided):
+            configs[i] = config
     num_groups = sum(search.count_groups(configs, kinds).values())
     processes = f" of {jax.process_count()} processes" if distributed.is_multiprocess() else ""
     print(f"{len(configs)} configs in {num_groups} groups on {len(devices)} "
