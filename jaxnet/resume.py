@@ -101,6 +101,16 @@ def describe_difference(saved: dict, now: dict) -> str | None:
     return None
 
 
+def picked_up(meta: dict) -> str:
+    """Where a run continues, from a progress file's ``meta``: e.g. "2 config(s)
+    finished, group 2 at step 1200" for a sweep, "step 1200" for a single run."""
+    at = ([f"group {meta['position'][0] + 1}"] if meta.get("position") else []) + (
+        [f"step {meta['step']}"] if meta.get("step") is not None else [])
+    parts = [f"{len(meta['finished'])} config(s) finished"] if "finished" in meta else []
+    parts += [" at ".join(at)] if at else []
+    return ", ".join(parts) or "its start"
+
+
 class CorruptCheckpoint(ValueError):
     """A progress file that cannot be used: truncated, corrupted or inconsistent."""
 
@@ -226,6 +236,7 @@ class Checkpoint:
                 continue
             if problems:
                 self.say(f"warning: {'; '.join(problems)}; resuming from {path.name}")
+            self.say(f"resuming from {path}: {picked_up(meta)}")
             return arrays, meta
         if problems:
             raise ValueError(f"cannot resume from {self.folder}: {'; '.join(problems)}, and "

@@ -130,4 +130,5 @@ def test_scancel_term_saves_every_task_and_srun_resume_finishes(slurm, rows, tmp
                               str(rows)], capture_output=True, text=True, env=slurm,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr.count(f"resuming from {out}/checkpoint/progress-none") == 2
     assert_same_sweep(out, reference_sweep(rows, 3000))

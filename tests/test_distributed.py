@@ -188,6 +188,11 @@ def test_killed_process_stops_the_other_and_resume_finishes(rows, tmp_path):
     # Both processes rerun with --resume: the sweep continues and ends as an uninterrupted one.
     resumed = finish(start("sweep.py", ["--resume", str(out), "--data", str(rows)]))
     assert [status for status, _, _ in resumed] == [0, 0], [e for _, _, e in resumed]
+    # Each process says where it picked up, from which file.
+    for _, _, stderr in resumed:
+        assert re.search(rf"^resuming from {re.escape(str(out))}/checkpoint/progress-none"
+                         rf"(\.previous)?\.npz: \d config\(s\) finished, group \d at step \d+$",
+                         stderr, re.M), stderr
     assert_same_sweep(out, reference_sweep(rows, 3000))
     assert not (out / "checkpoint").exists()
 

@@ -115,8 +115,9 @@ def test_corrupt_latest_falls_back_to_previous_then_fails_clearly(images, tmp_pa
         tmp_path, every=0, resume=True, say=notes.append))
     assert_same_arrays(whole.params, resumed.params)
     assert resumed.history == whole.history
-    assert len(notes) == 1 and "progress.npz is unreadable" in notes[0] \
+    assert len(notes) == 2 and "progress.npz is unreadable" in notes[0] \
         and "resuming from progress.previous.npz" in notes[0]
+    assert notes[1] == f"resuming from {previous}: step 40"  # killed after 5 chunks of 10
 
     # A bit flipped inside the previous file's arrays: the zip's CRC catches it.
     raw = bytearray(previous.read_bytes())
@@ -207,8 +208,9 @@ def test_sweep_progress_with_impossible_values_is_not_trusted(images, tmp_path, 
     notes = []
     resumed = sweep.run_sweep(configs, *data, chunk_size=10, checkpoint=resume.Checkpoint(
         tmp_path, every=0, resume=True, say=notes.append))
-    assert len(notes) == 1 and "progress.npz is inconsistent" in notes[0] \
+    assert len(notes) == 2 and "progress.npz is inconsistent" in notes[0] \
         and "hold values no sweep gives" in notes[0]
+    assert notes[1].startswith(f"resuming from {tmp_path / 'progress.previous.npz'}: ")
     assert [r.val_acc for r in resumed.results] == [r.val_acc for r in whole.results]
     assert resumed.best_index == whole.best_index
     # The chunk in training with a best-validation count of 100000 (of 100 rows): refused.
