@@ -15,10 +15,13 @@ process and nothing here changes what it does. In a CPU job whose processes woul
 compile alike (same CPUs, jaxlib, XLA flags), process 0 compiles each program over
 the job's devices and the others load its binary (``jaxnet.program_sharing``).
 
-Failures are made short and bounded: joining gives up after ``--join-timeout``
-with one line (JAX itself would abort with a C++ trace), and a collective that
-fails because a peer died raises ``PeerLost``, which the scripts turn into one
-line and exit status 3 without waiting for JAX's shutdown barrier.
+Failures are made short and bounded: launch mistakes are refused before joining;
+joining gives up after ``--join-timeout`` with one line (JAX itself would abort
+with a C++ trace); right after joining, process 0 compares every process's flags;
+gloo is given an address the other hosts reach (``jaxnet.gloo_address``). Once
+joined, an error on any process ends every process (``jaxnet.job_end``), and a
+collective that fails because a peer died raises ``PeerLost``, which the scripts
+turn into one line and exit status 3 without waiting for JAX's shutdown barrier.
 """
 from __future__ import annotations
 
@@ -114,16 +117,77 @@ def join(args: argparse.Namespace) -> bool:
     nothing done) for a process on its own. Call before anything else uses JAX.
 
     Raises ValueError for settings that cannot work, before joining. A job that
-    cannot form (processes missing past ``args.join_timeout`` seconds, the port
-    taken, two processes with one number, processes started with different flags)
-    ends the process with one line and status 2. Once joined, an error on any
-    process ends every process of the job (``job_end``).
+    cannot form (processes missing past ``args.join_timeout`` seconds, process 0
+    unable to listen, processes started with different flags) ends the process
+    with one line and status 2. Once joined, an error on any process ends every
+    process of the job (``job_end``).
     """
     coordinator = _setting(args, "coordinator")
     num_processes = _setting(args, "num_processes", int)
     process_id = _setting(args, "process_id", int)
+    if not _check_before_joining(coordinator, num_processes, process_id, _scheduler_size()):
+        return False
+    if not gloo_address.use_route_to_coordinator() and coordinator is not None:
+        gloo_address.check_hostname(coordinator)  # what fails when gloo picks its address
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # SIGTERM is handled by jaxnet itself (resume.stop_on_signals); JAX's preemption
+    # service would only add log lines when a process dies.
+    jax.config.update("jax_enable_preemption_service", False)
+    # JAX aborts the process with a C++ trace when its own join deadline passes, so
+    # its deadline is set past ours and a timer ends the process first, in one line.
+    timer = threading.Timer(args.join_timeout, _give_up_joining,
+                            (coordinator, process_id, args.join_timeout))
+    timer.daemon = True
+    timer.start()
+    if coordinator is not None and process_id not in (None, 0):
+        _wait_for_coordinator(coordinator, time.monotonic() + args.join_timeout)
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   initialization_timeout=int(args.join_timeout) + 60,
+                                   # jaxnet's heartbeat (job_end) ends a silent job first
+                                   heartbeat_timeout_seconds=math.ceil(2 * args.heartbeat_timeout))
+    except (RuntimeError, ValueError) as exc:
+        job_end.stop_job(2, _join_failed(exc, coordinator))
+    timer.cancel()
+    client = jax_distributed.global_state.client
+    job_end.watch(client, jax.process_index(), jax.process_count(), args.heartbeat_timeout)
+    _check_same_launch(client, vars(args), args.join_timeout)
+    _handshake()
+    return True
+
+
+def _handshake() -> None:
+    """The job's first collective, which connects the processes, and their vote on
+    sharing compiled programs; one line and status 2 when they cannot connect."""
+    jax.config.update("jax_share_binary_between_hosts", False)  # until the processes agree
+    keys = program_sharing.job_wide_keys(program_sharing.cpu_signature())
+    # A first collective connects the processes now: a process that stops later
+    # closes a live connection, and its peers' next collective fails at once. Gloo
+    # announces the connection on stdout, where the results go: it is kept out.
+    # Compiling this collective also computes this process's key of a program over
+    # the job's devices, which the processes then compare.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        multihost_utils.process_allgather(np.zeros(program_sharing.VOTE_BYTES, np.uint8))
+    except (RuntimeError, ValueError) as exc:
+        job_end.stop_job(2, f"error: the processes of the job could not connect to each other "
+                            f"({_first_line(exc)}); {gloo_address.HINT}")
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    program_sharing.share_if_agreed(keys, _allgather)
+
+
+def _check_before_joining(coordinator: str | None, num_processes: int | None,
+                          process_id: int | None, scheduler: tuple[str, int] | None) -> bool:
+    """Whether this process is one of a job (False: on its own); raises ValueError
+    for settings that cannot work, and for launch mistakes that show before joining
+    (a SLURM allocation entered without srun, a count that disagrees with the
+    scheduler's, the coordinator's port taken on process 0's host)."""
     explicit = (coordinator, num_processes, process_id)
-    scheduler = _scheduler_size()
     cluster = scheduler is not None and scheduler[1] > 1
     if all(v is None for v in explicit) and not cluster:
         return False
@@ -154,55 +218,7 @@ def join(args: argparse.Namespace) -> bool:
             raise ValueError(f"--coordinator must be HOST:PORT; got {coordinator!r}")
         if process_id == 0 or (process_id is None and _scheduler_rank() == 0):
             _check_port_free(int(port))
-    if num_processes == 1:
-        return False
-    reachable = gloo_address.use_route_to_coordinator()
-    if not reachable and coordinator is not None:
-        gloo_address.check_hostname(coordinator)
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # SIGTERM is handled by jaxnet itself (resume.stop_on_signals); JAX's preemption
-    # service would only add log lines when a process dies.
-    jax.config.update("jax_enable_preemption_service", False)
-    # JAX aborts the process with a C++ trace when its own join deadline passes, so
-    # its deadline is set past ours and a timer ends the process first, in one line.
-    timer = threading.Timer(args.join_timeout, _give_up_joining,
-                            (coordinator, process_id, args.join_timeout))
-    timer.daemon = True
-    timer.start()
-    if coordinator is not None and process_id not in (None, 0):
-        _wait_for_coordinator(coordinator, time.monotonic() + args.join_timeout)
-    try:
-        jax.distributed.initialize(coordinator, num_processes, process_id,
-                                   initialization_timeout=int(args.join_timeout) + 60,
-                                   # jaxnet's heartbeat (job_end) ends a silent job first
-                                   heartbeat_timeout_seconds=math.ceil(2 * args.heartbeat_timeout))
-    except (RuntimeError, ValueError) as exc:
-        job_end.stop_job(2, _join_failed(exc, coordinator))
-    timer.cancel()
-    client = jax_distributed.global_state.client
-    job_end.watch(client, jax.process_index(), jax.process_count(), args.heartbeat_timeout)
-    _check_same_launch(client, vars(args), args.join_timeout)
-    jax.config.update("jax_share_binary_between_hosts", False)  # until the processes agree
-    keys = program_sharing.job_wide_keys(program_sharing.cpu_signature())
-    # A first collective connects the processes now: a process that stops later
-    # closes a live connection, and its peers' next collective fails at once. Gloo
-    # announces the connection on stdout, where the results go: it is kept out.
-    # Compiling this collective also computes this process's key of a program over
-    # the job's devices, which the processes then compare.
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 1)
-        multihost_utils.process_allgather(np.zeros(program_sharing.VOTE_BYTES, np.uint8))
-    except (RuntimeError, ValueError) as exc:
-        job_end.stop_job(2, f"error: the processes of the job could not connect to each other "
-                            f"({_first_line(exc)}); {gloo_address.HINT}")
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    program_sharing.share_if_agreed(keys, _allgather)
-    return True
+    return num_processes != 1
 
 
 def _command_line() -> str:
@@ -245,14 +261,11 @@ def _join_failed(exc: BaseException, coordinator: str | None) -> str:
         return (f"error: no coordinator: JAX found no job to join here; under SLURM start "
                 f"every process with srun {_command_line()}, elsewhere give each process "
                 f"--coordinator HOST:PORT --num-processes N --process-id I")
+    # Under srun or mpirun the port is JAX's choice, unknown before joining.
     if "Failed to start RPC server" in text:
         return (f"error: process 0 could not listen at {coordinator or 'its coordinator port'} "
                 f"(the port is taken, or the address is not this host's): start every "
                 f"process of the job with another --coordinator port")
-    if "ALREADY_EXISTS" in text:
-        return (f"error: another process of the job joined with this process's number "
-                f"(--process-id {jax_distributed.global_state.process_id}): give each "
-                f"process its own --process-id, 0 to N-1")
     return f"error: could not join the job ({_first_line(exc)})"
 
 

@@ -2,7 +2,8 @@
 over the job's devices, the others load its binary (JAX's
 ``jax_share_binary_between_hosts``).
 
-This module is the only place jaxnet touches a private part of JAX: it replaces
+This module touches a private part of JAX (as ``gloo_address`` does, and
+``distributed`` for the job's client): it replaces
 ``jax._src.cache_key._hash_accelerator_config``, the part of a compiled program's
 key that names its devices. On the CPU (jaxlib 0.10) that part covers only the
 process's own devices, so no two processes ever compute the same key and JAX's

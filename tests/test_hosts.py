@@ -181,3 +181,13 @@ def test_a_loopback_host_name_is_refused_before_joining_without_the_gloo_address
         f"the other hosts of the job cannot reach: map localhost to this host's address on "
         f"the network (in /etc/hosts or DNS: {hosts.addresses['b']} localhost), then start "
         f"every process again\n")
+
+
+def test_this_jax_lets_gloo_announce_the_route_to_the_coordinator():
+    """The private hook of gloo_address exists in this JAX (without it, separate hosts
+    whose names resolve to loopback addresses are refused instead of joined)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from jaxnet import gloo_address as g; "
+         "print(g.use_route_to_coordinator(), g.local_address_towards('127.0.0.1'))"],
+        capture_output=True, text=True, timeout=60, env=clean_environ(), cwd=REPO)
+    assert done.stdout == "True 127.0.0.1\n", done.stderr
