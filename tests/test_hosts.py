@@ -1,11 +1,13 @@
 """Two processes on two "hosts": network namespaces joined by a veth pair, with
 addresses of their own (10.x) that exist only inside them, made and removed here.
 
-Each process's host name is set to ``localhost``, so it resolves to 127.0.0.1: the
-case in which gloo, left to itself, announces an address the other host cannot
-reach. The job must work anyway, equal one process, and end every process with
-one line when a host is killed or the network between them is cut. Needs root
-and iproute2's ``ip`` (.ci/run installs it).
+Each host has a name and an /etc/hosts of its own as Debian writes it: its own
+name is 127.0.1.1, the other host's name its 10.x address. That is the case in
+which gloo, left to itself, announces an address the other host cannot reach.
+The job, started with the coordinator's name, must work anyway, equal one
+process, and end every process with one line when a host is killed or the
+network between them is cut. Needs root, iproute2's ``ip`` and util-linux's
+``nsenter`` and ``unshare`` (.ci/run installs them).
 """
 import os
 import shutil
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,13 +28,21 @@ HEARTBEAT = "4"
 
 
 class Hosts:
-    """Two namespaces, ``a`` (SUBNET.1, where process 0 runs) and ``b`` (SUBNET.2)."""
+    """Two namespaces, ``a`` (SUBNET.1, where process 0 runs) and ``b`` (SUBNET.2),
+    with host names ``hostnames[host]`` and /etc/hosts files in ``folder``."""
 
-    def __init__(self):
+    def __init__(self, folder: Path):
         tag = f"jx{os.getpid()}"
         self.names = {"a": f"{tag}a", "b": f"{tag}b"}
         self.links = {"a": f"{tag}va", "b": f"{tag}vb"}
         self.addresses = {"a": f"{SUBNET}.1", "b": f"{SUBNET}.2"}
+        self.hostnames = {"a": f"jaxnet-test-{tag}-a", "b": f"jaxnet-test-{tag}-b"}
+        self.etc_hosts = {}
+        for host, other in (("a", "b"), ("b", "a")):
+            self.etc_hosts[host] = folder / f"hosts-{host}"
+            self.etc_hosts[host].write_text(
+                f"127.0.0.1 localhost\n127.0.1.1 {self.hostnames[host]}\n"
+                f"{self.addresses[other]} {self.hostnames[other]}\n")
 
     def ip(self, *args: str) -> None:
         subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
@@ -57,18 +68,20 @@ class Hosts:
         self.ip("-n", self.names["b"], "link", "set", self.links["b"], "down")
 
     def run_in(self, host: str) -> list[str]:
-        """The command prefix that runs a program on ``host``, named localhost there.
-        (``nsenter --net`` rather than ``ip netns exec``, which remounts /sys.)"""
+        """The command prefix that runs a program on ``host``, with its name and its
+        /etc/hosts. (``nsenter --net`` rather than ``ip netns exec``, which remounts
+        /sys.)"""
         return ["nsenter", f"--net=/run/netns/{self.names[host]}", "unshare", "--uts",
-                "sh", "-c", 'hostname localhost && exec "$@"', "sh"]
+                "--mount", "sh", "-c", f"mount --bind {self.etc_hosts[host]} /etc/hosts && "
+                f"hostname {self.hostnames[host]} && exec \"$@\"", "sh"]
 
 
 @pytest.fixture(scope="module")
-def hosts():
+def hosts(tmp_path_factory):
     missing = [tool for tool in ("ip", "nsenter", "unshare") if shutil.which(tool) is None]
     assert not missing, f"{', '.join(missing)} missing: .ci/run installs iproute2 and util-linux"
     assert os.geteuid() == 0, "network namespaces need root (CI runs the tests as root)"
-    made = Hosts()
+    made = Hosts(tmp_path_factory.mktemp("hosts"))
     try:
         yield made.up()
     finally:
@@ -81,8 +94,8 @@ def rows(tmp_path_factory):
 
 
 def start(hosts: Hosts, args: list, sweep_args: dict | None = None) -> list:
-    """Process 0 on host a, process 1 on host b, joined at host a's address."""
-    coordinator = f"{hosts.addresses['a']}:{free_port()}"
+    """Process 0 on host a, process 1 on host b, joined at host a's name."""
+    coordinator = f"{hosts.hostnames['a']}:{free_port()}"
     env = {**clean_environ(), "PYTHONUNBUFFERED": "1"}
     return [subprocess.Popen(
         [*hosts.run_in(host), sys.executable, str(REPO / "scripts" / "sweep.py"), *args,
@@ -173,13 +186,14 @@ def test_a_loopback_host_name_is_refused_before_joining_without_the_gloo_address
     done = subprocess.run(
         [*hosts.run_in("b"), sys.executable, "-c", REFUSE_WITHOUT_GLOO_ADDRESS, *GRID,
          "--data", str(rows), "--out", str(tmp_path / "out"), "--coordinator",
-         f"{hosts.addresses['a']}:{free_port()}", "--num-processes", "2", "--process-id",
+         f"{hosts.hostnames['a']}:{free_port()}", "--num-processes", "2", "--process-id",
          "1"], capture_output=True, text=True, timeout=60, env=clean_environ(), cwd=REPO)
     assert done.returncode == 2
+    name = hosts.hostnames["b"]
     assert done.stderr == (
-        f"error: this host's name localhost resolves to 127.0.0.1, a loopback address, which "
-        f"the other hosts of the job cannot reach: map localhost to this host's address on "
-        f"the network (in /etc/hosts or DNS: {hosts.addresses['b']} localhost), then start "
+        f"error: this host's name {name} resolves to 127.0.1.1, a loopback address, which "
+        f"the other hosts of the job cannot reach: map {name} to this host's address on "
+        f"the network (in /etc/hosts or DNS: {hosts.addresses['b']} {name}), then start "
         f"every process again\n")
 
 
