@@ -176,9 +176,10 @@ def stop_job(status: int, line: str, readers: int | None = None) -> None:
             # Process 0 holds the coordination service: it stays until the others have
             # read the stop (or briefly), or they would see only the service vanish.
             deadline = time.monotonic() + SEEN_WAIT
+            readers = _job["num_processes"] - 1 if readers is None else readers
             with contextlib.suppress(Exception):
-                readers = _job["num_processes"] - 1 if readers is None else readers
-                while time.monotonic() < deadline and len(client.key_value_dir_get(SEEN)) < readers:
+                while (time.monotonic() < deadline
+                       and len(client.key_value_dir_get(SEEN)) < readers):
                     time.sleep(0.05)
     _end(status, line)
 
@@ -192,6 +193,8 @@ def lost(line: str) -> None:
             value = _stopped()
             if value is not None:
                 _obey(value)
+        # At least the process whose connection broke will not read the stop.
+        stop_job(LOST_STATUS, line, readers=_job["num_processes"] - 2)
     stop_job(LOST_STATUS, line)
 
 
