@@ -300,14 +300,21 @@ def _check_same_launch(client, flags: dict, timeout: float) -> None:
         differ = sorted(k for k in first.keys() | launch.keys()
                         if first.get(k) != launch.get(k))
         if differ:
-            shown = "; ".join(f"{'the command' if k == 'command' else '--' + k.replace('_', '-')}"
-                              f" {launch.get(k)} where process 0 has {first.get(k)}"
-                              for k in differ[:3])
+            shown = "; ".join(f"{_flag(k)} {_value(launch.get(k))} where process 0 has "
+                              f"{_value(first.get(k))}" for k in differ[:3])
             job_end.stop_job(2, f"error: process {p} was started with other flags than process "
                                 f"0 ({shown}): start every process of the job with the same "
                                 f"command and flags (only --process-id, --coordinator, --data, "
                                 f"--data-dir, --device, --checkpoint-every and the timeouts may "
                                 f"differ)")
+
+
+def _flag(name: str) -> str:
+    return "the command" if name == "command" else "--" + name.replace("_", "-")
+
+
+def _value(value) -> str:
+    return "nothing" if value is None else str(value)
 
 
 def _wait_for_coordinator(coordinator: str, deadline: float) -> None:

@@ -28,7 +28,8 @@ HINT = ("each host's name must resolve to an address the other hosts reach (not 
 def local_address_towards(host: str) -> str:
     """This host's address on the route to ``host`` (a name or an address). A UDP
     socket's connect sends nothing: the kernel only picks the route and its source."""
-    family, _, _, _, sockaddr = socket.getaddrinfo(host.strip("[]"), 9, type=socket.SOCK_DGRAM)[0]
+    family, _, _, _, sockaddr = socket.getaddrinfo(host.strip("[]"), 9,
+                                                   type=socket.SOCK_DGRAM)[0]
     with socket.socket(family, socket.SOCK_DGRAM) as probe:
         probe.connect(sockaddr)
         return probe.getsockname()[0]
