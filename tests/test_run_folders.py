@@ -234,6 +234,8 @@ def test_a_sweep_never_chooses_a_config_whose_params_are_not_finite(monkeypatch)
     assert result.best_index == 1
 
 
+# The forked child runs only Python's file calls (no JAX), so JAX's threads cannot deadlock it.
+@pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called")
 def test_permission_denied_is_one_line_with_what_to_do(tmp_path):
     """As an unprivileged user (root writes anywhere): a folder it may not write."""
     from jaxnet.commands import cli

@@ -345,7 +345,7 @@ def test_params_that_do_not_fit_the_data_are_refused():
     X, y = np.zeros((10, 4), np.float32), np.zeros(10, int)
     config = TrainConfig(hidden_size=5, num_iters=3, batch_size=4)
     wrong_d = model.init_params(jax.random.key(0), 6, 5, 3)
-    with pytest.raises(ValueError, match="6 input features"):
+    with pytest.raises(ValueError, match="^X_train has 4 features per row but the model expects 6$"):
         solver.train(X, y, X, y, config, params=wrong_d)
 
 

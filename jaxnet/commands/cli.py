@@ -7,6 +7,7 @@ line on stderr saying what is wrong and what to do, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import shlex
@@ -21,7 +22,29 @@ from jaxnet.files import atomic_write
 from jaxnet.saved_model import PROGRESS_FOLDER
 from jaxnet.search import CHOICES
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+# Mistakes in flags and inputs, and file-system failures (a full disk, a read-only
+# folder, a missing file): each ends the command with one line and status 2.
+USER_ERRORS = (ValueError, OSError, KeyError)
+# What to do about a file-system failure, by errno.
+OS_ERROR_ADVICE = {
+    **dict.fromkeys((errno.ENOSPC, errno.EDQUOT),
+                    "free space there, then run the command again (a run whose progress "
+                    "was saved continues with --resume)"),
+    errno.EROFS: "the file system is read-only; give a folder on a writable one",
+    errno.EACCES: "this user may not write there; give another folder or change its "
+                  "permissions",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """The one line of ``error: ...`` for an error of ``USER_ERRORS``."""
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        advice = OS_ERROR_ADVICE.get(exc.errno)
+        return f"{where}{exc.strerror}" + (f"; {advice}" if advice else "")
+    return str(exc)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -78,7 +101,7 @@ def run(main: Callable[[], object], extra_errors: tuple = ()) -> None:
         # At once: JAX's shutdown at exit would wait for the lost process, then abort.
         job_end.lost(f"error: {exc}")
     except USER_ERRORS + tuple(extra_errors) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        message = describe_error(exc)
         if job_end.watched():
             job_end.stop_job(2, f"error: {message}")
         print(f"error: {message}", file=sys.stderr)
@@ -337,6 +360,8 @@ def resolve_resume(parser: argparse.ArgumentParser, args: argparse.Namespace,
         return args
     run_dir = Path(args.resume)
     saved_path = run_dir / SAVED_ARGS
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--resume {run_dir} is a file; give the run's folder")
     if not run_dir.is_dir():
         raise ValueError(f"--resume {run_dir}: no such folder")
     if not saved_path.is_file():
