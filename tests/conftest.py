@@ -1,8 +1,11 @@
 """Shared fixtures: CIFAR-10 folders in the official format, built in the repository
 (synthetic images), and the full real dataset for the tests that need real pictures."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,16 @@ from cifar_format import write_cifar10
 # (test_model.py, test_augment_dropout.py, test_preprocess.py) also pass on a
 # GPU with JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for this session's processes, the scripts the tests
+# start included: they compile the same small programs again and again (a fifth of the
+# suite's time without it). Programs are cached however fast they compile.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    COMPILATION_CACHE = tempfile.mkdtemp(prefix="jaxnet-tests-compilation-cache-")
+    atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=COMPILATION_CACHE,
+                      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("JAXNET_SHARED_DATA", REPO.parent / "shared" / "data"))
