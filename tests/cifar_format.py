@@ -64,6 +64,18 @@ def synthetic_images(labels: np.ndarray, rng: np.random.RandomState) -> np.ndarr
     return np.clip(np.rint(images), 0, 255).astype(np.uint8).reshape(len(labels), 3072)
 
 
+def clustered_rows(sizes: list[int], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Splits of flattened 32x32x3 images, noisy copies of one random image per class,
+    which a small network learns fast: one ``(X (n, 3072) float32, y (n,))`` per size."""
+    rng = np.random.RandomState(seed)
+    centers = rng.randn(10, 3072).astype(np.float32)
+    splits = []
+    for n in sizes:
+        y = rng.randint(0, 10, n)
+        splits.append(((centers[y] + 2 * rng.randn(n, 3072)).astype(np.float32), y))
+    return splits
+
+
 def write_cifar10(out: Path, per_class: int, seed: int = 0, tar: Path | None = None) -> Path:
     """Write ``out/cifar-10-batches-py`` with ``per_class`` training and test images per class.
 

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from cifar_format import clustered_rows
 from jaxnet import budget, precision, resume, runs
 from jaxnet.budget import StepTiming
 from jaxnet.commands import train as train_command
@@ -36,13 +37,7 @@ def test_process_seconds_counts_from_the_start_of_the_process():
 
 @pytest.fixture(scope="module")
 def images():
-    rng = np.random.RandomState(0)
-    centers = rng.randn(10, 3072).astype(np.float32)
-
-    def split(n):
-        y = rng.randint(0, 10, n)
-        return (centers[y] + 2 * rng.randn(n, 3072)).astype(np.float32), y
-    return split(100), split(20)
+    return clustered_rows([100, 20])
 
 
 def test_time_steps_times_the_runs_own_loop(images):

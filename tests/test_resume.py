@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from cifar_format import clustered_rows
 from jaxnet import resume, search, solver, sweep
 from jaxnet.commands import cli
 from jaxnet.config import TrainConfig
@@ -30,12 +31,7 @@ class Killed(Exception):
 @pytest.fixture(scope="module")
 def images():
     """Rows of 32x32x3 images (so flips and shifts apply) with labels that can be learned."""
-    rng = np.random.RandomState(0)
-    centers = rng.randn(10, 3072).astype(np.float32)
-    def split(n):
-        y = rng.randint(0, 10, n)
-        return (centers[y] + 2 * rng.randn(n, 3072)).astype(np.float32), y
-    (X, y), (X_val, y_val), (X_test, y_test) = split(400), split(100), split(100)
+    (X, y), (X_val, y_val), (X_test, y_test) = clustered_rows([400, 100, 100])
     return dict(X_train=X, y_train=y, X_val=X_val, y_val=y_val, X_test=X_test, y_test=y_test)
 
 
